@@ -1,0 +1,315 @@
+"""One typed configuration schema for AHM, with validation that names the bad option.
+
+Every entry point (notebooks, hydra simulations, Flower apps) builds an `AHMConfig` with
+`from_dict` or `apply_overrides` and calls `validate`; the science code reads only this schema.
+Numeric bounds live next to each field (`metadata={"min": ...}`) so one loop checks them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+from ahm_core.freq import BLOCK, UPSAMPLE_FACTORS
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the option."""
+
+
+class MethodSpec(NamedTuple):
+    """What a method of the paper's Tables 1-2 does to a batch: its input domain and mixing."""
+
+    domain: str  # "rgb" | "bdct" (all 64 block-DCT channels) | "ppfr" (PPFR-FD) | "dp"
+    mixing: str | None  # None | "mixup" | "instahide" | "adaptive" (k per sample from the policy)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "arcface": MethodSpec("rgb", None),
+    "ppfr_fd": MethodSpec("ppfr", None),
+    "mixup_fd": MethodSpec("bdct", "mixup"),
+    "instahide_fd": MethodSpec("bdct", "instahide"),
+    "dp": MethodSpec("dp", None),
+    "masking_mixup": MethodSpec("ppfr", "mixup"),
+    "masking_adamixup": MethodSpec("ppfr", "adaptive"),
+    "mixup_rgb": MethodSpec("rgb", "mixup"),
+    "instahide_rgb": MethodSpec("rgb", "instahide"),
+}
+BACKBONES = ("ir_se_50", "ir_se_small")
+DATA_SOURCES = ("synthetic", "folder", "insightface")
+KEY_MODES = ("fixed", "per_image")
+CHANNEL_MIXINGS = ("adjacent", "none")
+PARTITIONS = ("identity", "iid", "dirichlet")
+SYNTH_SIZES = (32, 112)
+AC_CHANNELS = BLOCK * BLOCK - 1
+
+
+def _positive(**extra: Any) -> dict[str, Any]:
+    return {"min": 1, **extra}
+
+
+@dataclass
+class DataConfig:
+    """Where faces come from and at which square size they enter the pipeline."""
+
+    source: str = "synthetic"
+    root: str = ""  # folder or InsightFace directory for the real-data sources
+    image_size: int = field(default=112, metadata=_positive())
+    num_identities: int = field(default=100, metadata=_positive())  # synthetic only
+    images_per_identity: int = field(default=20, metadata=_positive())  # synthetic only
+    seed: int = 0
+
+
+@dataclass
+class MaskingConfig:
+    """Which row of the paper's tables, and the PPFR-FD / DP settings (DESIGN D2, Table 2 DP)."""
+
+    method: str = "masking_adamixup"
+    upsample: int = 8
+    num_channels: int = field(default=AC_CHANNELS, metadata=_positive(max=AC_CHANNELS))
+    keys: str = "fixed"
+    key_seed: int = 0
+    mixing: str = "adjacent"
+    eps: float = field(default=1e-8, metadata={"min_open": 0.0})
+    dp_epsilon: float = field(default=3.0, metadata={"min_open": 0.0})
+    dp_components: int = field(default=128, metadata=_positive())
+
+
+@dataclass
+class MixupConfig:
+    """Fixed-k MixUp (DESIGN D3)."""
+
+    k: int = 2
+    max_coef: float = 0.55
+
+
+@dataclass
+class PolicyConfig:
+    """The strategy network choosing k per sample, trained with REINFORCE (DESIGN D6)."""
+
+    k_set: tuple[int, ...] = (2, 3, 4, 5)
+    per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
+    alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
+    beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
+    lr: float = field(default=1e-4, metadata={"min_open": 0.0})
+    entropy: float = field(default=1e-3, metadata={"min": 0.0})
+    baseline_momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    interval: int = field(default=1, metadata=_positive())
+
+
+@dataclass
+class ModelConfig:
+    """FRNet backbone and ArcFace head (DESIGN D4, D5)."""
+
+    backbone: str = "ir_se_small"
+    embedding_size: int = field(default=512, metadata=_positive())
+    dropout: float = field(default=0.4, metadata={"min": 0.0, "max_open": 1.0})
+    scale: float = field(default=64.0, metadata={"min_open": 0.0})
+    margin: float = field(default=0.5, metadata={"min": 0.0})
+
+
+@dataclass
+class TrainConfig:
+    """Local optimisation, shared by centralized runs and Flower clients."""
+
+    batch_size: int = field(default=64, metadata=_positive())
+    epochs: int = field(default=1, metadata=_positive())
+    lr: float = field(default=0.1, metadata={"min_open": 0.0})
+    momentum: float = field(default=0.9, metadata={"min": 0.0, "max_open": 1.0})
+    weight_decay: float = field(default=1e-4, metadata={"min": 0.0})
+    warmup_epochs: int = field(default=0, metadata={"min": 0})
+    grad_clip: float = field(default=5.0, metadata={"min": 0.0})
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class FederationConfig:
+    """FedAvg over Flower clients."""
+
+    num_clients: int = field(default=4, metadata=_positive())
+    rounds: int = field(default=3, metadata=_positive())
+    local_epochs: int = field(default=1, metadata=_positive())
+    fraction_train: float = field(default=1.0, metadata={"min_open": 0.0, "max": 1.0})
+    min_clients: int = field(default=2, metadata=_positive())
+    partition: str = "identity"
+    dirichlet_alpha: float = field(default=0.5, metadata={"min_open": 0.0})
+    max_update_norm: float = field(default=1e4, metadata={"min_open": 0.0})
+    share_head: bool = False
+
+
+@dataclass
+class AttackConfig:
+    """Adversaries of the threat model (DESIGN section 4)."""
+
+    aux_fraction: float = field(default=0.2, metadata={"min_open": 0.0, "max_open": 1.0})
+    cgan_epochs: int = field(default=5, metadata=_positive())
+    cgan_lambda_l1: float = field(default=100.0, metadata={"min": 0.0})
+    ngf: int = field(default=64, metadata=_positive())
+    ndf: int = field(default=64, metadata=_positive())
+
+
+@dataclass
+class AHMConfig:
+    """The whole configuration: one section per concern."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+
+def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}: unknown value {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _check_bounds(section: str, obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        meta, value, name = f.metadata, getattr(obj, f.name), f"{section}.{f.name}"
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{name}: must be >= {meta['min']}, got {value}")
+        if "min_open" in meta and value <= meta["min_open"]:
+            raise ConfigError(f"{name}: must be > {meta['min_open']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{name}: must be <= {meta['max']}, got {value}")
+        if "max_open" in meta and value >= meta["max_open"]:
+            raise ConfigError(f"{name}: must be < {meta['max_open']}, got {value}")
+
+
+def mixing_ks(cfg: AHMConfig) -> tuple[int, ...]:
+    """The k values the configured method can mix with (empty when it does not mix)."""
+    mixing = METHODS[cfg.masking.method].mixing
+    if mixing is None:
+        return ()
+    return tuple(cfg.policy.k_set) if mixing == "adaptive" else (cfg.mixup.k,)
+
+
+def validate(cfg: AHMConfig) -> AHMConfig:
+    """Raise `ConfigError` naming the first bad option; return cfg unchanged when it is sound."""
+    for section in dataclasses.fields(cfg):
+        _check_bounds(section.name, getattr(cfg, section.name))
+    _choice("data.source", cfg.data.source, DATA_SOURCES)
+    _choice("masking.method", cfg.masking.method, METHODS)
+    _choice("masking.keys", cfg.masking.keys, KEY_MODES)
+    _choice("masking.mixing", cfg.masking.mixing, CHANNEL_MIXINGS)
+    _choice("model.backbone", cfg.model.backbone, BACKBONES)
+    _choice("federation.partition", cfg.federation.partition, PARTITIONS)
+    if cfg.data.source != "synthetic" and not cfg.data.root:
+        raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
+    size = cfg.data.image_size
+    if cfg.data.source == "synthetic" and not SYNTH_SIZES[0] <= size <= SYNTH_SIZES[1]:
+        raise ConfigError(f"data.image_size: synthetic faces take {SYNTH_SIZES}, got {size}")
+    if METHODS[cfg.masking.method].domain in ("bdct", "ppfr"):
+        u = cfg.masking.upsample
+        if u not in UPSAMPLE_FACTORS:
+            raise ConfigError(f"masking.upsample: expected one of {UPSAMPLE_FACTORS}, got {u}")
+        if size % (BLOCK // u) or size < BLOCK // u:
+            raise ConfigError(
+                f"data.image_size: the block DCT with upsample={u} needs a multiple of "
+                f"{BLOCK // u}, got {size}"
+            )
+    if not cfg.policy.k_set:
+        raise ConfigError("policy.k_set: the candidate set of k is empty")
+    ks = mixing_ks(cfg)
+    key = "policy.k_set" if METHODS[cfg.masking.method].mixing == "adaptive" else "mixup.k"
+    for k in ks:
+        if k < 2:
+            raise ConfigError(f"{key}: k must be >= 2 (k images mixed), got {k}")
+        if k > cfg.train.batch_size:
+            raise ConfigError(f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}")
+    if ks and not 1.0 / min(ks) < cfg.mixup.max_coef <= 1.0:
+        raise ConfigError(
+            f"mixup.max_coef: must be in (1/{min(ks)}, 1] so {min(ks)} coefficients summing to "
+            f"1 can all stay below it, got {cfg.mixup.max_coef}"
+        )
+    if cfg.federation.min_clients > cfg.federation.num_clients:
+        raise ConfigError(
+            f"federation.min_clients: {cfg.federation.min_clients} exceeds "
+            f"federation.num_clients={cfg.federation.num_clients}"
+        )
+    return cfg
+
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a plain value (from YAML, a CLI or a Flower run config) to the field's type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float, str):
+        try:
+            converted = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != converted:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return converted
+    raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown option; expected one of {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, hint)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> AHMConfig:
+    """Build and validate a config from nested mappings (YAML/hydra shape); missing keys default."""
+    return validate(_build(AHMConfig, dict(values), ""))
+
+
+def to_dict(cfg: AHMConfig) -> dict[str, Any]:
+    """Nested plain mapping of the config (tuples become lists), the inverse of `from_dict`."""
+
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {
+        s.name: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s.name)).items()}
+        for s in dataclasses.fields(cfg)
+    }
+
+
+def apply_overrides(cfg: AHMConfig, overrides: dict[str, Any]) -> AHMConfig:
+    """Return a validated copy of cfg with dotted keys replaced, e.g. {"mixup.k": 3}."""
+    values = to_dict(cfg)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in values or not key:
+            raise ConfigError(f"{dotted}: unknown option; expected SECTION.KEY")
+        values[section][key] = value
+    return from_dict(values)
