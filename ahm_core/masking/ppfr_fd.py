@@ -1,0 +1,157 @@
+"""PPFR-FD frequency-domain masking (DESIGN D2), a reproduction: the authors' code is not public.
+
+Recipe per grayscale image: block DCT (upsampled x u) -> keep a subset of AC channels (DC dropped)
+-> shuffle P1 -> channel self-normalisation -> channel mixing -> shuffle P2 -> self-normalisation.
+
+Every step is linear in the image except the normalisations, which are per-image affine maps whose
+statistics follow from the 9x9 covariance of the image's 3x3 windows (each DCT channel is a 3x3
+filter of the image at u=8). So `mask` folds the recipe into one per-image [C, 9] matrix and bias
+and writes the C-channel output in a single batched product; `mask_explicit` runs the recipe step
+by step and is the test oracle.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ahm_core.freq import (
+    BLOCK,
+    bdct_explicit,
+    check_images,
+    check_upsample,
+    fused_kernel,
+    ibdct,
+    window_map,
+)
+
+
+def zigzag_channels(count: int) -> list[int]:
+    """The `count` lowest-frequency AC channels in JPEG zigzag order, returned sorted by index."""
+    if not 1 <= count <= BLOCK * BLOCK - 1:
+        raise ValueError(f"num_channels must be in [1, {BLOCK * BLOCK - 1}], got {count}")
+    cells = [(i, j) for i in range(BLOCK) for j in range(BLOCK)]
+    cells.sort(key=lambda c: (c[0] + c[1], c[0] if (c[0] + c[1]) % 2 else c[1]))
+    return sorted(i * BLOCK + j for i, j in cells[1 : count + 1])
+
+
+class Keys(NamedTuple):
+    """The data owner's secret: the two channel permutations, one row per image [N, C]."""
+
+    p1: Tensor
+    p2: Tensor
+
+
+def self_normalise(x: Tensor, eps: float) -> Tensor:
+    """Per image and channel: zero mean, unit standard deviation over the spatial map."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    var = x.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+class PPFRFD:
+    """PPFR-FD masking of grayscale images [N, 1, H, W] into [N, C, H*u/8, W*u/8]."""
+
+    def __init__(
+        self,
+        num_channels: int = 63,
+        upsample: int = 8,
+        keys: str = "fixed",
+        key_seed: int = 0,
+        mixing: str = "adjacent",
+        eps: float = 1e-8,
+    ) -> None:
+        check_upsample(upsample)
+        if keys not in ("fixed", "per_image"):
+            raise ValueError(f"keys must be 'fixed' or 'per_image', got {keys!r}")
+        if mixing not in ("adjacent", "none"):
+            raise ValueError(f"mixing must be 'adjacent' or 'none', got {mixing!r}")
+        self.channels = torch.tensor(zigzag_channels(num_channels))
+        self.upsample, self.key_mode, self.eps = upsample, keys, eps
+        c = len(self.channels)
+        eye = torch.eye(c, dtype=torch.float64)
+        # y_i = x_i + x_{i+1 mod C}: rolled identity added to the identity.
+        self.mix_matrix = eye + eye.roll(1, dims=1) if mixing == "adjacent" and c > 1 else eye
+        g = torch.Generator().manual_seed(key_seed)
+        self._fixed = Keys(torch.randperm(c, generator=g), torch.randperm(c, generator=g))
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def keys(self, n: int, generator: torch.Generator | None = None) -> Keys:
+        """Keys for a batch of n images: the fixed pair repeated, or fresh ones per image."""
+        if self.key_mode == "fixed":
+            return Keys(self._fixed.p1.expand(n, -1), self._fixed.p2.expand(n, -1))
+        device = generator.device if generator is not None else "cpu"
+        noise = torch.rand(2, n, self.num_channels, generator=generator, device=device)
+        p1, p2 = noise.argsort(dim=-1).cpu()
+        return Keys(p1, p2)
+
+    def mask(
+        self, gray: Tensor, keys: Keys | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Masked channels of `gray` through the fused per-image linear map."""
+        check_images(gray, "gray images")
+        keys = keys if keys is not None else self.keys(gray.shape[0], generator)
+
+        def affine(windows: Tensor, means: Tensor, part: slice) -> Tensor:
+            # Every channel is AC, blind to the removed mean; the stats follow from the windows.
+            weight, bias = self._affine(windows, Keys(keys.p1[part], keys.p2[part]))
+            return torch.cat([weight, bias], dim=2)
+
+        return window_map(gray, self.upsample, self.num_channels, affine)
+
+    def _affine(self, patches: Tensor, keys: Keys) -> tuple[Tensor, Tensor]:
+        """Per-image weight [N, C, T] and bias [N, C, 1] with masked = weight @ patches + bias."""
+        device = patches.device
+        mean = patches.mean(dim=-1)  # [N, T]
+        cov = patches @ patches.transpose(1, 2) / patches.shape[-1]
+        cov -= mean[:, :, None] * mean[:, None, :]
+        kernel = fused_kernel(self.upsample, device, patches.dtype).flatten(1)
+        kernel = kernel[self.channels.to(device)]
+        k1 = kernel[keys.p1.to(device)]  # [N, C, T]: the channels after the first shuffle
+        a1 = k1 / torch.sqrt(_quad(k1, cov) + self.eps)[..., None]
+        a2 = self.mix_matrix.to(a1) @ a1
+        a = torch.gather(a2, 1, keys.p2.to(device)[..., None].expand_as(a2))
+        weight = a / torch.sqrt(_quad(a, cov) + self.eps)[..., None]
+        return weight, -(weight @ mean[..., None])
+
+    def mask_explicit(self, gray: Tensor, keys: Keys) -> Tensor:
+        """The recipe step by step on the explicit block DCT: the oracle for `mask`."""
+        check_images(gray, "gray images")
+        x = bdct_explicit(gray, self.upsample)[:, self.channels.to(gray.device)]
+        x = _shuffle(x, keys.p1)
+        x = self_normalise(x, self.eps)
+        x = torch.einsum("ij,njhw->nihw", self.mix_matrix.to(x), x)
+        x = _shuffle(x, keys.p2)
+        return self_normalise(x, self.eps)
+
+    def render(self, masked: Tensor) -> Tensor:
+        """Naive decoding for the metrics: channels into their slots in order, DC = 0, inverse
+        block DCT, then each image min-max scaled to [0, 1] (the masked scale carries no meaning).
+        """
+        check_images(masked, "masked tensor", channels=self.num_channels)
+        n, _, h, w = masked.shape
+        coeffs = masked.new_zeros(n, BLOCK * BLOCK, h, w)
+        coeffs[:, self.channels.to(masked.device)] = masked
+        return minmax(ibdct(coeffs, self.upsample))
+
+
+def minmax(images: Tensor) -> Tensor:
+    """Scale each image to [0, 1] (a constant image becomes 0)."""
+    flat = images.flatten(1)
+    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(images)
+
+
+def _quad(rows: Tensor, cov: Tensor) -> Tensor:
+    """Variance of each filter row under the window covariance: diag(rows @ cov @ rows^T)."""
+    return ((rows @ cov) * rows).sum(dim=-1)
+
+
+def _shuffle(x: Tensor, perm: Tensor) -> Tensor:
+    index = perm.to(x.device)[:, :, None, None].expand_as(x)
+    return torch.gather(x, 1, index)

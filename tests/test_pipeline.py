@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from ahm_core.config import METHODS, AHMConfig, apply_overrides
+from ahm_core.data.synthetic import render_faces
+from ahm_core.masking import EigenfaceDP, build_masking, to_gray
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    idx = torch.arange(12)
+    return render_faces(idx, idx, size=SIZE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fit_images() -> torch.Tensor:
+    idx = torch.arange(100, 300)
+    return render_faces(idx, idx % 7, size=SIZE, seed=1)
+
+
+def config(method: str, **extra) -> AHMConfig:
+    return apply_overrides(
+        AHMConfig(), {"masking.method": method, "data.image_size": SIZE, **extra}
+    )
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_table_row_builds_training_tensors(method, images, fit_images):
+    pipeline = build_masking(config(method), fit_images=fit_images)
+    labels = torch.arange(12)
+    k = torch.tensor([2, 3, 4, 5] * 3) if METHODS[method].mixing == "adaptive" else None
+    out = pipeline(images, labels, k=k, generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (12, pipeline.in_channels, SIZE, SIZE)
+    assert torch.isfinite(out.x).all()
+    torch.testing.assert_close(out.coefs.sum(dim=1), torch.ones(12))
+    width = {None: 1, "mixup": 2, "instahide": 2, "adaptive": 5}[METHODS[method].mixing]
+    assert out.labels.shape == (12, width)
+    shown = pipeline.render(out.x)
+    assert shown.shape[0] == 12 and shown.shape[-2:] == (SIZE, SIZE)
+    assert shown.min().item() >= 0.0 and shown.max().item() <= 1.0
+
+
+def test_unmixed_methods_keep_labels_with_weight_one(images):
+    out = build_masking(config("ppfr_fd"))(images, torch.arange(12) + 5)
+    torch.testing.assert_close(out.labels[:, 0], torch.arange(12) + 5)
+    assert (out.coefs == 1).all()
+
+
+def test_encode_of_test_images_uses_the_training_key(images):
+    pipeline = build_masking(config("masking_mixup"))
+    encoded = pipeline.encode(images)
+    torch.testing.assert_close(encoded, pipeline.ppfr.mask(to_gray(images)), rtol=0, atol=0)
+
+
+def test_adaptive_needs_k_and_fixed_refuses_it(images):
+    labels = torch.arange(12)
+    with pytest.raises(ValueError, match="per-sample k chosen by the policy"):
+        build_masking(config("masking_adamixup"))(images, labels)
+    with pytest.raises(ValueError, match="do not pass k"):
+        build_masking(config("masking_mixup"))(images, labels, k=torch.full((12,), 3))
+
+
+def test_dp_needs_fit_images():
+    with pytest.raises(ValueError, match=r"masking\.method=dp: pass fit_images"):
+        build_masking(config("dp"))
+
+
+def test_dp_noise_shrinks_as_epsilon_grows(images, fit_images):
+    gray, fit = to_gray(images), to_gray(fit_images)
+    errors = []
+    for eps in (0.5, 3.0, 1e4):
+        dp = EigenfaceDP(components=64, epsilon=eps).fit(fit)
+        out = dp(gray, torch.Generator().manual_seed(0))
+        errors.append((out - gray).pow(2).mean().item())
+    assert errors[0] > errors[1] > errors[2]
+    # With negligible noise the output is the 64-eigenface reconstruction: close to the input.
+    assert errors[2] < 0.01
+
+
+def test_dp_refuses_unfitted_use_and_other_sizes(images, fit_images):
+    with pytest.raises(RuntimeError, match="call fit"):
+        EigenfaceDP()(to_gray(images))
+    dp = EigenfaceDP(components=8).fit(to_gray(fit_images))
+    with pytest.raises(ValueError, match="fitted on"):
+        dp(torch.rand(2, 1, 32, 32))
