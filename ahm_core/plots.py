@@ -1,0 +1,40 @@
+"""Labelled image grids, the pictures of the README and reports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from ahm_core.io import atomic_write
+
+LABEL_WIDTH = 150
+
+
+def save_grid(
+    rows: Sequence[Tensor], path: str | os.PathLike, labels: Sequence[str] | None = None
+) -> Path:
+    """Save rows of images ([n, 1 or 3, H, W] in [0, 1], equal n and size) as one labelled PNG."""
+    strips = [
+        make_grid(
+            r.detach().float().cpu().expand(-1, 3, -1, -1), nrow=len(r), padding=2, pad_value=1.0
+        )
+        for r in rows
+    ]
+    grid = torch.cat(strips, dim=1).clamp(0, 1)
+    pixels = grid.mul(255).round().byte().permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels)
+    if labels is not None:
+        framed = Image.new("RGB", (picture.width + LABEL_WIDTH, picture.height), "white")
+        framed.paste(picture, (LABEL_WIDTH, 0))
+        draw = ImageDraw.Draw(framed)
+        for i, (label, strip) in enumerate(zip(labels, strips, strict=True)):
+            height = strip.shape[1]
+            draw.text((6, i * height + height // 2 - 6), label, fill="black")
+        picture = framed
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
