@@ -50,7 +50,7 @@ def masking_rows(faces: Tensor, fit_images: Tensor, seed: int = 0) -> list[tuple
     return rows
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     parser.add_argument("--faces", type=int, default=6, help="faces per row (>= 6 for k=6)")
@@ -67,14 +67,12 @@ def main(argv: list[str] | None = None) -> Path:
     # DP fits its eigenfaces on other people than the ones shown.
     fit = data.images_uint8(torch.arange(args.faces * 4, len(data))).float() / 255
     rows = masking_rows(faces, fit, args.seed)
-    path = save_grid([r for _, r in rows], args.out / "masking_grid.png", [n for n, _ in rows])
-    print(f"wrote {path}")
+    grid = save_grid([r for _, r in rows], args.out / "masking_grid.png", [n for n, _ in rows])
+    print(f"wrote {grid}")
     people = SynthFaces(num_identities=6, images_per_identity=8, size=args.size, seed=args.seed)
     strips = [people.images_uint8(range(i * 8, i * 8 + 8)).float() / 255 for i in range(6)]
-    print(
-        f"wrote {save_grid(strips, args.out / 'synthfaces.png', [f'identity {i}' for i in range(6)])}"
-    )
-    return path
+    names = [f"identity {i}" for i in range(6)]
+    print(f"wrote {save_grid(strips, args.out / 'synthfaces.png', names)}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from simulations.mask_grid import main
 
 
 def test_demo_writes_both_grids(tmp_path):
-    path = main(["--out", str(tmp_path), "--faces", "6", "--size", "40"])
-    grid = Image.open(path)
+    main(["--out", str(tmp_path), "--faces", "6", "--size", "40"])
+    grid = Image.open(tmp_path / "masking_grid.png")
     # 13 rows of 6 faces (40 px + 2 px padding), plus the label column.
     assert grid.size == (150 + 2 + 6 * 42, 13 * 44)
     people = Image.open(tmp_path / "synthfaces.png")

@@ -117,3 +117,14 @@ def test_bad_input_is_refused(faces):
         m.render(torch.rand(1, 62, 8, 8))
     with pytest.raises(ValueError, match="keys must be"):
         PPFRFD(keys="random")
+
+
+@pytest.mark.parametrize(("upsample", "size"), [(8, (37, 53)), (4, (38, 52)), (2, (36, 52))])
+def test_odd_sizes_and_other_upsampling(upsample, size):
+    gray = torch.rand(3, 1, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    m = PPFRFD(upsample=upsample)
+    keys = m.keys(3)
+    out = m.mask(gray, keys)
+    assert out.shape == (3, 63, size[0] * upsample // 8, size[1] * upsample // 8)
+    torch.testing.assert_close(out, m.mask_explicit(gray, keys), atol=1e-6, rtol=0)
+    assert m.render(out).shape == gray.shape

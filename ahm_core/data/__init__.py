@@ -1,0 +1,1 @@
+"""Face sources: synthetic faces (no download) and, later, image folders and InsightFace files."""

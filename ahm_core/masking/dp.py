@@ -49,7 +49,9 @@ class EigenfaceDP:
         flat = gray.flatten(1).double().cpu()
         proj = ((flat - self.mean) @ self.basis.T).clamp(self.low, self.high)
         scale = (self.high - self.low) / self.epsilon
-        u = torch.rand(proj.shape, generator=generator, dtype=torch.float64) - 0.5
+        device = generator.device if generator is not None else "cpu"
+        u = torch.rand(proj.shape, generator=generator, dtype=torch.float64, device=device)
+        u = u.cpu() - 0.5
         noise = -scale * u.sign() * torch.log1p(-2 * u.abs())
         images = (self.mean + (proj + noise) @ self.basis).clamp(0.0, 1.0)
         return images.to(gray).view_as(gray)
