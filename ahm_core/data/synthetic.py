@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from ahm_core.data.base import FaceSet
 from ahm_core.io import atomic_write
 
 SIZES = (32, 112)
@@ -288,7 +288,7 @@ def _render(ids: np.ndarray, imgs: np.ndarray, size: int, seed: int) -> Tensor:
     return img.clamp_(0.0, 1.0)
 
 
-class SynthFaces(Dataset):
+class SynthFaces(FaceSet):
     """N identities x M images of size x size RGB faces; items are (float [3, H, W], label).
 
     Items are the 8-bit images `write_image_folder` stores (rendered once, then cached when
@@ -310,24 +310,14 @@ class SynthFaces(Dataset):
             )
         if not SIZES[0] <= size <= SIZES[1]:
             raise ValueError(f"SynthFaces: size must be in {SIZES[0]}..{SIZES[1]}, got {size}")
-        self.num_identities, self.images_per_identity = num_identities, images_per_identity
-        self.size, self.seed = size, seed
+        self.images_per_identity, self.size, self.seed = images_per_identity, size, seed
+        self.labels = torch.arange(num_identities).repeat_interleave(images_per_identity)
         self._cache = torch.empty(len(self), 3, size, size, dtype=torch.uint8) if cache else None
         self._done = torch.zeros(len(self), dtype=torch.bool)
 
-    def __len__(self) -> int:
-        return self.num_identities * self.images_per_identity
-
-    @property
-    def labels(self) -> Tensor:
-        """Identity label of every item, in item order."""
-        return torch.arange(self.num_identities).repeat_interleave(self.images_per_identity)
-
     def images_uint8(self, indices: Sequence[int] | Tensor) -> Tensor:
         """[B, 3, H, W] uint8 images of the given items."""
-        idx = torch.as_tensor(indices, dtype=torch.long).view(-1)
-        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
-            raise IndexError(f"SynthFaces: index out of range 0..{len(self) - 1}")
+        idx = self._check_indices(indices)
         if self._cache is not None:
             todo = idx[~self._done[idx]].unique()
             if len(todo):
@@ -341,28 +331,20 @@ class SynthFaces(Dataset):
         faces = render_faces(idx // per, idx % per, self.size, self.seed)
         return faces.mul_(255.0).round_().to(torch.uint8)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images_uint8([index])[0].float() / 255.0, index // self.images_per_identity
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
-        images = self.images_uint8(indices).float() / 255.0
-        return [
-            (img, i // self.images_per_identity) for img, i in zip(images, indices, strict=True)
-        ]
-
 
 def _save_png(picture: Image.Image, path: Path) -> None:
     picture.save(path, format="PNG")
 
 
-def write_image_folder(faces: SynthFaces, root: str | os.PathLike) -> Path:
-    """Write the set as root/id_00000/000.png, one folder per identity; files appear atomically."""
+def write_image_folder(faces: FaceSet, root: str | os.PathLike) -> Path:
+    """Write a face set as root/id_00000/000.png, one folder per identity, files atomically."""
     root = Path(root)
-    per = faces.images_per_identity
+    seen: dict[int, int] = {}
     for start in range(0, len(faces), 256):
         idx = torch.arange(start, min(start + 256, len(faces)))
-        for i, img in zip(idx.tolist(), faces.images_uint8(idx), strict=True):
-            folder = root / f"id_{i // per:05d}"
+        for label, img in zip(faces.labels[idx].tolist(), faces.images_uint8(idx), strict=True):
+            number = seen[label] = seen.get(label, -1) + 1
             picture = Image.fromarray(img.permute(1, 2, 0).numpy())
-            atomic_write(folder / f"{i % per:03d}.png", functools.partial(_save_png, picture))
+            path = root / f"id_{label:05d}" / f"{number:03d}.png"
+            atomic_write(path, functools.partial(_save_png, picture))
     return root
