@@ -54,8 +54,11 @@ class FaceSet(Dataset):
 
 
 def decode_image(source: str | os.PathLike | bytes, size: int) -> Tensor:
-    """Decode a file or encoded bytes to uint8 RGB [3, size, size]: grayscale and RGBA become RGB,
-    the shorter side is resized to `size` and the centre is cropped. Raises `UnreadableImageError`."""
+    """Decode a file or encoded bytes to uint8 RGB [3, size, size].
+
+    Grayscale and RGBA become RGB; the shorter side is resized to `size` and the centre cropped.
+    Raises `UnreadableImageError` for an empty, truncated or non-image source.
+    """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
