@@ -59,6 +59,9 @@ class DataConfig:
     image_size: int = field(default=112, metadata=_positive())
     num_identities: int = field(default=100, metadata=_positive())  # synthetic only
     images_per_identity: int = field(default=20, metadata=_positive())  # synthetic only
+    min_images: int = field(default=2, metadata=_positive())  # folder: smaller identities skipped
+    test_fraction: float = field(default=0.2, metadata={"min_open": 0.0, "max_open": 1.0})
+    num_pairs: int = field(default=6000, metadata={"min": 20})  # verification pairs, 10 folds
     seed: int = 0
 
 
@@ -136,6 +139,9 @@ class FederationConfig:
     min_clients: int = field(default=2, metadata=_positive())
     partition: str = "identity"
     dirichlet_alpha: float = field(default=0.5, metadata={"min_open": 0.0})
+    val_fraction: float = field(default=0.1, metadata={"min": 0.0, "max_open": 1.0})
+    min_client_images: int = field(default=1, metadata=_positive())
+    drop_small_clients: bool = False
     max_update_norm: float = field(default=1e4, metadata={"min_open": 0.0})
     share_head: bool = False
 

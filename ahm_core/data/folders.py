@@ -1,0 +1,157 @@
+"""Faces in a folder per identity (ORL, Yale, an extracted CASIA-WebFace, your own), read lazily.
+
+Real folders are messy. The scan keeps every file it can vouch for from its header and its end
+(JPEG end marker, PNG IEND chunk, PGM/PPM payload length) without decoding pixels, skips the rest
+and counts why; an image that still fails to decode at load time is replaced by another image of
+the same identity, counted, and logged once, so a long run never dies on one bad file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ahm_core.data.base import FaceSet, UnreadableImageError, decode_image
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp")
+log = logging.getLogger(__name__)
+
+
+class FolderFaces(FaceSet):
+    """root/<identity>/<image>: one folder per identity; labels follow natural name order
+    (s1, s2, ..., s10), images within a folder likewise."""
+
+    def __init__(self, root: str | os.PathLike, size: int = 112, min_images: int = 1) -> None:
+        self.root, self.size, self.min_images = Path(root), size, min_images
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root: {self.root} is not a folder")
+        self.skipped: Counter[str] = Counter()
+        self.sizes: Counter[tuple[int, int]] = Counter()
+        self.load_failures: Counter[str] = Counter()
+        files, labels, names = [], [], []
+        for entry in sorted(self.root.iterdir(), key=_natural):
+            if not entry.is_dir():
+                self.skipped["loose_file"] += 1
+                continue
+            kept = [f for f in sorted(entry.iterdir(), key=_natural) if self._keep(f)]
+            if len(kept) < min_images:
+                self.skipped["identity_below_min_images"] += 1
+                self.skipped["image_of_small_identity"] += len(kept)
+                continue
+            files += kept
+            labels += [len(names)] * len(kept)
+            names.append(entry.name)
+        if not files:
+            raise ValueError(
+                f"data.root: no identity folder in {self.root} holds >= {min_images} readable "
+                f"images ({self._skipped_text()})"
+            )
+        self.files, self.identity_names = files, names
+        self.labels = torch.tensor(labels)
+        log.info(self.summary_line())
+
+    def _keep(self, path: Path) -> bool:
+        """Whether `path` looks like a whole image; otherwise count the reason it is skipped."""
+        if path.is_dir():
+            reason = "nested_folder"
+        elif path.suffix.lower() not in EXTENSIONS:
+            reason = "not_an_image"
+        elif path.stat().st_size == 0:
+            reason = "empty_file"
+        else:
+            reason = _damage(path, self.sizes)
+        if reason:
+            self.skipped[reason] += 1
+        return not reason
+
+    def images_uint8(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """[B, 3, size, size] uint8 images, decoded now; an undecodable file is replaced."""
+        idx = self._check_indices(indices)
+        return (
+            torch.stack([self._load(int(i)) for i in idx])
+            if len(idx)
+            else torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        )
+
+    def _load(self, index: int) -> Tensor:
+        try:
+            return decode_image(self.files[index], self.size)
+        except UnreadableImageError as err:
+            if not self.load_failures[str(self.files[index])]:
+                log.warning("%s; using another image of the same identity", err)
+            self.load_failures[str(self.files[index])] += 1
+        same = torch.nonzero(self.labels == self.labels[index]).flatten().tolist()
+        for other in same[same.index(index) + 1 :] + same[: same.index(index)]:
+            try:
+                return decode_image(self.files[other], self.size)
+            except UnreadableImageError:
+                continue
+        raise UnreadableImageError(
+            f"{self.root / self.identity_names[int(self.labels[index])]}: no image of this "
+            "identity decodes"
+        )
+
+    def summary(self) -> dict:
+        """Counts for reports and `simulations.data_summary`."""
+        return {
+            "format": "folder",
+            "root": str(self.root),
+            "identities": self.num_identities,
+            "images": len(self),
+            "skipped": dict(sorted(self.skipped.items())),
+            "sizes": sorted([w, h] for w, h in self.sizes),
+        }
+
+    def summary_line(self) -> str:
+        """The one line a run prints about its data."""
+        return (
+            f"{self.root}: {self.num_identities} identities, {len(self)} images, "
+            f"skipped {self._skipped_text()}"
+        )
+
+    def _skipped_text(self) -> str:
+        if not self.skipped:
+            return "nothing"
+        return ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+
+
+def _natural(path: Path) -> list:
+    """Sort key that orders embedded numbers by value: s2 before s10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _damage(path: Path, sizes: Counter[tuple[int, int]]) -> str:
+    """'' for a file whose header parses and whose end is intact, else the reason it is not."""
+    try:
+        with Image.open(path) as img:
+            complete = _complete(path, img)
+            size = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "unreadable"
+    if not complete:
+        return "truncated"
+    sizes[size] += 1
+    return ""
+
+
+def _complete(path: Path, img: Image.Image) -> bool:
+    """Cheap end-of-file checks by format (JPEG, PNG, PGM/PPM); other formats pass."""
+    length = path.stat().st_size
+    if img.format in ("JPEG", "PNG"):
+        marker, tail = (b"\xff\xd9", 64) if img.format == "JPEG" else (b"IEND", 12)
+        with path.open("rb") as handle:
+            handle.seek(max(0, length - tail))
+            return marker in handle.read()
+    if img.format == "PPM" and img.tile:  # PGM/PPM: raw pixels follow the header
+        offset = img.tile[0][2]
+        depth = {"L": 1, "RGB": 3, "I": 2, "I;16": 2, "I;16B": 2}.get(img.mode, 1)
+        return length >= offset + img.size[0] * img.size[1] * depth
+    return True
