@@ -107,6 +107,8 @@ class ModelConfig:
     """FRNet backbone and ArcFace head (DESIGN D4, D5)."""
 
     backbone: str = "ir_se_small"
+    blocks: tuple[int, ...] = (1, 1, 1, 1)  # ir_se_small: IR-SE blocks per stage
+    width: int = field(default=32, metadata=_positive())  # ir_se_small: channels of stage 1
     embedding_size: int = field(default=512, metadata=_positive())
     dropout: float = field(default=0.4, metadata={"min": 0.0, "max_open": 1.0})
     scale: float = field(default=64.0, metadata={"min_open": 0.0})
