@@ -1,1 +1,2 @@
-"""Face sources: synthetic faces (no download) and, later, image folders and InsightFace files."""
+"""Face sources (synthetic faces, image folders, InsightFace RecordIO and .bin), verification
+pairs and client partitions; `sources.load_faces(cfg.data)` picks the one the config names."""
