@@ -77,7 +77,16 @@ class MaskingPipeline:
         generator: torch.Generator | None = None,
     ) -> Mixed:
         """Training batch for this method; `k` is the policy's per-sample choice (adaptive only)."""
-        x = self.encode(images, generator)
+        return self.mix(self.encode(images, generator), labels, k, generator)
+
+    def mix(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        k: int | Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Mixed:
+        """The mixing half of `__call__`, on encoded tensors (the policy looks at them first)."""
         if self.mixing is None:
             n = len(x)
             ones = torch.ones(n, 1, device=x.device)
