@@ -125,9 +125,13 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata={"min": 0.0, "max_open": 1.0})
     weight_decay: float = field(default=1e-4, metadata={"min": 0.0})
     warmup_epochs: int = field(default=0, metadata={"min": 0})
-    grad_clip: float = field(default=5.0, metadata={"min": 0.0})
+    grad_clip: float = field(default=5.0, metadata={"min": 0.0})  # 0: no clipping
+    flip: bool = True  # random horizontal flips of training images
+    amp: bool = True  # bfloat16 autocast on CUDA
+    workers: int = field(default=0, metadata={"min": 0})  # DataLoader worker processes
+    progress: bool = True  # a progress bar per epoch
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 @dataclass

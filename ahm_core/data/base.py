@@ -69,3 +69,28 @@ def decode_image(source: str | os.PathLike | bytes, size: int) -> Tensor:
     if rgb.size != (size, size):
         rgb = ImageOps.fit(rgb, (size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+class ItemView(Dataset):
+    """Items of a face set with their own labels (say, remapped to 0..n-1 for a training split).
+
+    Its `__getitems__` returns a whole batch (uint8 images [B, 3, H, W], labels [B]); use it
+    with `collate_batch` so a batch is decoded in one call and never split into items.
+    """
+
+    def __init__(self, faces: FaceSet, items: Tensor, labels: Tensor) -> None:
+        if len(items) != len(labels):
+            raise ValueError(f"ItemView: {len(items)} items but {len(labels)} labels")
+        self.faces, self.items, self.labels = faces, items, labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.faces.images_uint8(self.items[idx]), self.labels[idx]
+
+
+def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The DataLoader collate for `ItemView`: its batch is already whole."""
+    return batch

@@ -1,0 +1,267 @@
+"""The local training loop, shared by centralized runs and Flower clients (DESIGN D4-D6).
+
+One step: uint8 images -> masking pipeline (PPFR-FD, DP, block DCT or RGB) -> (adaptive) MixUp ->
+FRNet + (MixUp-)ArcFace head -> per-sample loss -> SGD. For `masking_adamixup` the strategy
+network picks each sample's k first, and every `policy.interval` steps it is updated by REINFORCE
+with R = alpha * reward1 + beta * reward2: reward1 is the per-sample loss of the step's own
+forward pass (no recomputation), reward2 the loss of the network after its SGD step on the same
+batch, which is the one-step lookahead FRNet1 of D6 without a copy (its BatchNorm statistics are
+left untouched by that extra forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ahm_core.config import AHMConfig, to_dict
+from ahm_core.data.base import FaceSet, ItemView, collate_batch
+from ahm_core.data.pairs import Pairs
+from ahm_core.evaluate import evaluate_verification
+from ahm_core.io import atomic_write
+from ahm_core.masking.pipeline import MaskingPipeline
+from ahm_core.models import build_backbone, build_head
+from ahm_core.policy import build_policy
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave BatchNorm running statistics unchanged (momentum 0)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+
+
+class Trainer:
+    """FRNet, head, optimiser, schedule and (for the adaptive method) the strategy network."""
+
+    def __init__(
+        self, cfg: AHMConfig, masking: MaskingPipeline, num_classes: int, steps_per_epoch: int
+    ) -> None:
+        self.cfg, self.masking, self.num_classes = cfg, masking, num_classes
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        self.backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size)
+        self.head = build_head(cfg.model, num_classes)
+        self.backbone.to(self.device)
+        self.head.to(self.device)
+        if self.device.type == "cuda":
+            self.backbone.to(memory_format=torch.channels_last)
+        self.policy = None
+        if masking.mixing == "adaptive":
+            self.policy = build_policy(cfg.policy, masking.in_channels).to(self.device)
+        t = cfg.train
+        self.optimizer = torch.optim.SGD(
+            [*self.backbone.parameters(), *self.head.parameters()],
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+        )
+        total, warmup = max(1, t.epochs * steps_per_epoch), t.warmup_epochs * steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _poly_with_warmup(step, warmup, total)
+        )
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
+        self.step = self.epoch = 0
+        self.last_policy_update: dict[str, float] = {}
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.train.amp and self.device.type == "cuda"
+
+    def train_step(self, images: Tensor, labels: Tensor) -> Tensor:
+        """One SGD step on uint8 or [0, 1] images [B, 3, H, W]; returns per-sample losses."""
+        images = images.to(self.device, non_blocking=True)
+        images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        labels = labels.to(self.device, non_blocking=True)
+        if self.cfg.train.flip:
+            flip = torch.rand(len(images), generator=self.generator) < 0.5
+            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
+        x = self.masking.encode(images, self.generator)
+        ks = self.policy.sample(x) if self.policy is not None else None
+        mixed = self.masking.mix(x, labels, ks, self.generator)
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        inputs = mixed.x.contiguous(memory_format=fmt)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            losses = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        if self.cfg.train.grad_clip > 0:
+            params = [*self.backbone.parameters(), *self.head.parameters()]
+            nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.policy is not None and self.step % self.cfg.policy.interval == 0:
+            with (
+                torch.no_grad(),
+                frozen_batchnorm_stats(self.backbone),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp),
+            ):
+                lookahead = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
+            rewards = self.policy.reward(losses.detach().float(), lookahead.float())
+            self.last_policy_update = self.policy.update(x, ks, rewards)
+        self.step += 1
+        return losses.detach()
+
+    def loader(self, faces: FaceSet, items: Tensor, labels: Tensor) -> DataLoader:
+        """Shuffled, whole-batch loader over `items`; the order depends on seed and epoch only."""
+        order = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.epoch)
+        return DataLoader(
+            ItemView(faces, items, labels),
+            batch_size=self.cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=order,
+            collate_fn=collate_batch,
+            num_workers=self.cfg.train.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def train_epoch(self, faces: FaceSet, items: Tensor, labels: Tensor) -> dict:
+        """One pass over `items` (labels 0..num_classes-1); returns the epoch's metrics."""
+        self.backbone.train()
+        self.head.train()
+        if self.policy is not None:
+            self.policy.reset_histogram()
+        batches = self.loader(faces, items, labels)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {self.epoch + 1}",
+            disable=not self.cfg.train.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        total, count, start = 0.0, 0, time.perf_counter()
+        for images, batch_labels in bar:
+            losses = self.train_step(images, batch_labels)
+            total += float(losses.sum())
+            count += len(losses)
+            rate = count / (time.perf_counter() - start)
+            postfix = {"loss": f"{total / count:.3f}", "img/s": f"{rate:.0f}"}
+            if self.policy is not None:
+                postfix["k"] = _histogram_text(self.policy.histogram())
+            bar.set_postfix(postfix, refresh=False)
+        self.epoch += 1
+        if count == 0:
+            raise ValueError(
+                f"train.batch_size={self.cfg.train.batch_size} exceeds the {len(items)} "
+                "training images: no full batch"
+            )
+        metrics = {
+            "epoch": self.epoch,
+            "loss": total / count,
+            "images_per_s": count / (time.perf_counter() - start),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if self.policy is not None:
+            metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}
+            metrics["policy"] = dict(self.last_policy_update)
+        return metrics
+
+    def verify(self, faces: FaceSet, pairs: Pairs) -> dict:
+        """Verification report of the current backbone on `pairs` (test images: no MixUp)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return evaluate_verification(
+                self.backbone, faces, pairs, self.masking.encode, device=self.device
+            )
+
+    def fit(
+        self,
+        faces: FaceSet,
+        items: Tensor,
+        labels: Tensor,
+        pairs: Pairs | None = None,
+        checkpoint: str | os.PathLike | None = None,
+    ) -> list[dict]:
+        """Train until `train.epochs`, verifying after each epoch and checkpointing when asked."""
+        history = []
+        while self.epoch < self.cfg.train.epochs:
+            metrics = self.train_epoch(faces, items, labels)
+            if pairs is not None:
+                metrics["verification"] = self.verify(faces, pairs)
+            if checkpoint is not None:
+                self.save(checkpoint)
+            history.append(metrics)
+        return history
+
+    def state_dict(self) -> dict:
+        """Everything a restart needs to continue exactly: weights, optimiser, schedule, RNGs."""
+        return {
+            "config": to_dict(self.cfg),
+            "num_classes": self.num_classes,
+            "step": self.step,
+            "epoch": self.epoch,
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "policy": self.policy.state_dict() if self.policy is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "generator": self.generator.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved (same config and classes)."""
+        if state["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint has {state['num_classes']} classes, this run {self.num_classes}"
+            )
+        self.backbone.load_state_dict(state["backbone"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.generator.set_state(state["rng"]["generator"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+        state = self.state_dict()
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Load a checkpoint written by `save` (tensors and plain data only: weights_only)."""
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def _poly_with_warmup(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then polynomial (power 2) decay to 0, as InsightFace's PolyScheduler."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1.0 - progress) ** 2
+
+
+def _histogram_text(histogram: dict[int, int]) -> str:
+    total = sum(histogram.values()) or 1
+    return " ".join(f"{k}:{math.floor(100 * v / total)}%" for k, v in sorted(histogram.items()))

@@ -1,0 +1,212 @@
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+from ahm_core.config import PolicyConfig
+from ahm_core.policy import AdaptivePolicy, StrategyNet, build_policy, combine_rewards
+
+K_SET = (2, 3, 4, 5)
+C = 63
+
+
+def make_policy(seed: int = 0, **cfg) -> AdaptivePolicy:
+    torch.manual_seed(seed)
+    return build_policy(PolicyConfig(**cfg), C)
+
+
+def batch(n: int = 8, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, C, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def fix_pmf(policy: AdaptivePolicy, probs: list[float]) -> None:
+    """Make the PMF exactly `probs` whatever the input: zero FC weights, log-probability biases."""
+    with torch.no_grad():
+        policy.net.fc.weight.zero_()
+        policy.net.fc.bias.copy_(torch.tensor(probs).log())
+
+
+def expected_k(pmf: torch.Tensor) -> float:
+    return float(pmf @ torch.tensor(K_SET, dtype=torch.float32))
+
+
+def entropy(pmf: torch.Tensor) -> float:
+    return float(-(pmf * pmf.log()).sum())
+
+
+@pytest.mark.parametrize(("n", "size"), [(8, 32), (2, 112)])
+def test_strategy_net_gives_one_logit_vector_per_batch(n, size):
+    torch.manual_seed(0)
+    net = StrategyNet(C, len(K_SET))
+    x = batch(n, size)
+    logits = net(x)
+    assert logits.shape == (len(K_SET),)
+    features = net.features(x)
+    assert features.shape == (n, 512)
+    # The batch is averaged before the FC, not after it (equal here only because FC is affine).
+    torch.testing.assert_close(logits, net.fc(features.mean(dim=0)))
+    assert not torch.allclose(logits, net.fc(features[0]))
+
+
+def test_pmf_is_a_distribution_over_the_whole_batch():
+    policy = make_policy()
+    x = batch()
+    pmf = policy.pmf(x)
+    assert pmf.shape == (len(K_SET),) and (pmf > 0).all()
+    torch.testing.assert_close(pmf.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(policy.pmf(x[torch.randperm(8)]), pmf, rtol=0, atol=1e-6)
+    part = policy.pmf(x[:3])
+    assert part.shape == pmf.shape
+    assert (part - pmf).abs().max() > 1e-4  # the PMF depends on every sample of the batch
+
+
+def test_build_policy_rejects_no_input_channels():
+    with pytest.raises(ValueError, match="in_channels"):
+        build_policy(PolicyConfig(), 0)
+
+
+def test_per_sample_draws_follow_the_pmf_and_fill_the_histogram():
+    policy = make_policy()
+    probs = [0.1, 0.2, 0.3, 0.4]
+    fix_pmf(policy, probs)
+    x = batch(n=2000, size=8)
+    ks = policy.sample(x, torch.Generator().manual_seed(3))
+    assert ks.shape == (2000,) and ks.dtype == torch.long
+    assert set(ks.unique().tolist()) == set(K_SET)
+    counts = torch.bincount(ks, minlength=6)[list(K_SET)]
+    assert policy.histogram() == dict(zip(K_SET, counts.tolist(), strict=True))
+    for k, p in zip(K_SET, probs, strict=True):
+        assert abs(policy.proportions()[k] - p) < 0.04
+
+
+def test_one_k_per_batch_when_not_per_sample():
+    policy = make_policy(per_sample=False)
+    fix_pmf(policy, [0.25, 0.25, 0.25, 0.25])
+    x = batch(n=4, size=8)
+    g = torch.Generator().manual_seed(4)
+    chosen = []
+    for _ in range(40):
+        ks = policy.sample(x, g)
+        assert ks.shape == (4,) and (ks == ks[0]).all()
+        chosen.append(int(ks[0]))
+    assert len(set(chosen)) > 1  # a fresh draw per batch
+    assert policy.histogram() == {k: 4 * chosen.count(k) for k in K_SET}
+
+
+def test_histogram_reset_and_proportions():
+    policy = make_policy()
+    x = batch(n=6, size=16)
+    policy.sample(x)
+    policy.sample(x)
+    hist = policy.histogram()
+    assert sum(hist.values()) == 12
+    assert policy.proportions() == {k: c / 12 for k, c in hist.items()}
+    policy.reset_histogram()
+    assert policy.histogram() == dict.fromkeys(K_SET, 0)
+    assert policy.proportions() == dict.fromkeys(K_SET, 0.0)
+
+
+@pytest.mark.parametrize(("sign", "target"), [(1.0, 5), (-1.0, 2)])
+def test_reinforce_moves_the_pmf_towards_the_rewarded_k(sign, target):
+    """Reward = sign * k: the policy maximises it, so larger (sign +1) or smaller k win."""
+    policy = make_policy(lr=1e-3, entropy=0.0)
+    held_out = batch(seed=100)
+    before = policy.pmf(held_out)
+    g = torch.Generator().manual_seed(2)
+    for step in range(6):
+        x = batch(seed=200 + step)
+        ks = policy.sample(x, g)
+        policy.update(x, ks, sign * ks.float())
+    after = policy.pmf(held_out)
+    # Seen (seed 0): E[k] 3.26 -> 4.87, P(5) 0.22 -> 0.90; reversed: E[k] -> 2.10, P(2) -> 0.92.
+    assert sign * (expected_k(after) - expected_k(before)) > 0.8
+    assert after[K_SET.index(target)] > 0.75
+
+
+def test_constant_rewards_carry_no_signal_without_entropy_bonus():
+    policy = make_policy(entropy=0.0)
+    x = batch()
+    before = policy.pmf(x)
+    for _ in range(3):
+        stats = policy.update(x, policy.sample(x), torch.full((8,), 7.0))
+    assert stats["baseline"] == 7.0 and stats["reward"] == 7.0
+    torch.testing.assert_close(policy.pmf(x), before, rtol=0, atol=0)
+
+
+def test_entropy_bonus_alone_spreads_a_peaked_pmf():
+    policy = make_policy(lr=1e-3, entropy=1.0)
+    fix_pmf(policy, [0.85, 0.05, 0.05, 0.05])
+    x = batch()
+    entropies = [entropy(policy.pmf(x))]
+    for _ in range(3):
+        policy.update(x, policy.sample(x), torch.full((8,), 3.0))
+        entropies.append(entropy(policy.pmf(x)))
+    # Seen: 0.59 -> 0.93 -> 1.26 -> 1.38 (uniform: log 4 = 1.386).
+    assert entropies == sorted(entropies) and entropies[-1] > 1.2
+
+
+def test_baseline_starts_at_the_first_mean_then_moves_with_momentum():
+    policy = make_policy(baseline_momentum=0.9)
+    assert math.isnan(policy.baseline)
+    x = batch(n=4, size=16)
+    ks = torch.tensor([2, 3, 4, 5])
+    means = []
+    for rewards in ([1.0, 3.0, 2.0, 2.0], [4.0, 4.0, 4.0, 4.0], [6.0, 6.0, 6.0, 6.0]):
+        means.append(policy.update(x, ks, torch.tensor(rewards))["baseline"])
+    assert means == pytest.approx([2.0, 2.2, 2.58])
+    assert policy.baseline == pytest.approx(2.58)
+
+
+def test_update_rejects_unknown_k_and_bad_shapes():
+    policy = make_policy()
+    x = batch(n=4, size=16)
+    with pytest.raises(ValueError, match="one of"):
+        policy.update(x, torch.tensor([2, 3, 7, 2]), torch.zeros(4))
+    with pytest.raises(ValueError, match="shape"):
+        policy.update(x, torch.tensor([2, 3, 4]), torch.zeros(3))
+
+
+def test_rewards_combine_with_the_configured_weights():
+    r1 = torch.tensor([1.0, 2.0], requires_grad=True)
+    r2 = torch.tensor([10.0, 20.0])
+    combined = combine_rewards(r1, r2, 2.0, 0.5)
+    torch.testing.assert_close(combined, torch.tensor([7.0, 14.0]))
+    assert not combined.requires_grad
+    policy = make_policy(alpha=0.0, beta=3.0)
+    torch.testing.assert_close(policy.reward(r1, r2), torch.tensor([30.0, 60.0]))
+    with pytest.raises(ValueError, match="shape"):
+        combine_rewards(r1, torch.zeros(3), 1.0, 1.0)
+
+
+def test_state_dict_round_trip_restores_the_policy_exactly():
+    original = make_policy(seed=0, lr=1e-3)
+    x = batch()
+    g = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        ks = original.sample(x, g)
+        original.update(x, ks, ks.float())
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make_policy(seed=1, lr=1e-3)
+    assert not torch.equal(restored.pmf(x), original.pmf(x))
+    restored.load_state_dict(torch.load(buffer))
+
+    assert torch.equal(restored.pmf(x), original.pmf(x))
+    assert restored.histogram() == original.histogram()
+    assert restored.baseline == original.baseline
+    ks = original.sample(x, torch.Generator().manual_seed(6))
+    assert torch.equal(restored.sample(x, torch.Generator().manual_seed(6)), ks)
+    # The optimiser's moments came back too: one more identical step stays identical.
+    original.update(x, ks, ks.float())
+    restored.update(x, ks, ks.float())
+    assert torch.equal(restored.pmf(x), original.pmf(x))
+
+
+def test_load_state_dict_refuses_another_candidate_set():
+    state = copy.deepcopy(make_policy().state_dict())
+    other = make_policy(k_set=(2, 3, 4, 6))
+    with pytest.raises(ValueError, match="k_set"):
+        other.load_state_dict(state)

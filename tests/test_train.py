@@ -1,0 +1,113 @@
+import itertools
+import json
+
+import pytest
+import torch
+
+from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.data.sources import load_faces, relabel, verification_split
+from ahm_core.experiment import run_centralized
+from ahm_core.masking import build_masking
+from ahm_core.train import Trainer, _poly_with_warmup, frozen_batchnorm_stats
+
+TINY = {
+    "data.image_size": 32,
+    "data.num_identities": 24,
+    "data.images_per_identity": 6,
+    "data.num_pairs": 200,
+    "data.test_fraction": 0.25,
+    "model.blocks": (1, 1),
+    "model.width": 8,
+    "model.embedding_size": 32,
+    "train.batch_size": 16,
+    "train.epochs": 2,
+    "train.progress": False,
+    "policy.k_set": (2, 3, 4),
+    "policy.interval": 2,
+}
+
+
+def tiny(method: str, **extra) -> AHMConfig:
+    return apply_overrides(AHMConfig(), {**TINY, "masking.method": method, **extra})
+
+
+def setup(cfg: AHMConfig):
+    faces = load_faces(cfg.data)
+    split = verification_split(faces.labels, cfg.data)
+    labels, n = relabel(faces.labels[split.train])
+    trainer = Trainer(cfg, build_masking(cfg), n, len(split.train) // cfg.train.batch_size)
+    return faces, split, labels, trainer
+
+
+def weights(trainer: Trainer) -> list[torch.Tensor]:
+    return [
+        p.detach().clone() for p in [*trainer.backbone.parameters(), *trainer.head.parameters()]
+    ]
+
+
+def test_adaptive_training_logs_k_and_updates_the_policy():
+    faces, split, labels, trainer = setup(tiny("masking_adamixup"))
+    metrics = trainer.train_epoch(faces, split.train, labels)
+    steps = len(split.train) // 16
+    assert sum(metrics["k_histogram"].values()) == steps * 16  # one k per sample
+    assert set(metrics["k_histogram"]) <= {"2", "3", "4"}
+    assert set(metrics["policy"]) >= {"loss", "entropy", "baseline"}
+    report = trainer.verify(faces, split.pairs)
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["pairs"] == len(split.pairs)
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
+    cfg = tiny("masking_adamixup")
+    faces, split, labels, straight = setup(cfg)
+    straight.fit(faces, split.train, labels)
+    _, _, _, first = setup(cfg)
+    first.train_epoch(faces, split.train, labels)
+    first.save(tmp_path / "ckpt.pt")
+    _, _, _, second = setup(cfg)
+    torch.manual_seed(1234)  # whatever happens in between must not matter
+    second.restore(tmp_path / "ckpt.pt")
+    second.fit(faces, split.train, labels)
+    assert second.epoch == straight.epoch == 2
+    for a, b in zip(weights(straight), weights(second), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert straight.policy.proportions() == second.policy.proportions()
+
+
+def test_training_reduces_the_loss():
+    faces, split, labels, trainer = setup(tiny("ppfr_fd", **{"train.epochs": 4}))
+    history = trainer.fit(faces, split.train, labels)
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_frozen_batchnorm_stats():
+    bn = torch.nn.BatchNorm1d(3)
+    with frozen_batchnorm_stats(bn):
+        bn(torch.randn(8, 3) + 5)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and bn.momentum == 0.1
+    bn(torch.randn(8, 3) + 5)
+    assert bn.running_mean.abs().sum() > 0
+
+
+def test_schedule_warms_up_then_decays():
+    values = [_poly_with_warmup(s, 4, 20) for s in range(20)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a > b for a, b in itertools.pairwise(values[4:]))
+    assert values[-1] == pytest.approx((1 / 16) ** 2)
+
+
+def test_centralized_run_writes_metrics_and_resumes(tmp_path):
+    cfg = tiny("masking_adamixup", **{"train.epochs": 1})
+    metrics = run_centralized(cfg, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["verification_accuracy"] == metrics["verification_accuracy"]
+    assert set(saved["k_proportions"]) <= {"2", "3", "4"}
+    assert saved["checkpoint"] == str(tmp_path / "checkpoint.pt")
+    more = run_centralized(apply_overrides(cfg, {"train.epochs": 2}), tmp_path)
+    assert more["epochs"] == 2 and len(more["history"]) == 2
+
+
+def test_dp_run_fits_its_eigenfaces_on_training_images(tmp_path):
+    metrics = run_centralized(
+        tiny("dp", **{"train.epochs": 1, "masking.dp_components": 16}), tmp_path
+    )
+    assert 0.0 <= metrics["verification_accuracy"] <= 1.0
