@@ -123,14 +123,17 @@ class AdaptivePolicy:
         """The batch's probability of each k of `k_set`, [K] summing to 1."""
         return torch.softmax(self.net(x), dim=0)
 
-    def sample(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, x: Tensor, generator: torch.Generator | None = None, pmf: Tensor | None = None
+    ) -> Tensor:
         """k for every sample of x, LongTensor [N] on x's device, drawn from the batch's PMF.
 
         per_sample: N independent draws (eq. 8); otherwise one draw repeated N times. The draw
         runs on the generator's device (x's without one) and is recorded in the histogram.
+        A `pmf` given (one computed on a recent batch) saves the network's forward pass.
         """
         n = x.shape[0]
-        probs = self.pmf(x)
+        probs = self.pmf(x) if pmf is None else pmf
         if generator is not None:
             probs = probs.to(generator.device)
         draws = n if self.per_sample else 1

@@ -6,7 +6,9 @@ network picks each sample's k first, and every `policy.interval` steps it is upd
 with R = alpha * reward1 + beta * reward2: reward1 is the per-sample loss of the step's own
 forward pass (no recomputation), reward2 the loss of the network after its SGD step on the same
 batch, which is the one-step lookahead FRNet1 of D6 without a copy (its BatchNorm statistics are
-left untouched by that extra forward).
+left untouched by that extra forward). The PMF (one per batch) is computed once after each policy
+update and reused until the next, so the strategy network costs one forward and one
+forward-backward per `policy.interval` steps.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
         self.step = self.epoch = 0
         self.last_policy_update: dict[str, float] = {}
+        self._pmf: Tensor | None = None  # the policy's PMF, reused until its next update
 
     @property
     def amp(self) -> bool:
@@ -100,7 +103,12 @@ class Trainer:
             flip = torch.rand(len(images), generator=self.generator) < 0.5
             images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
         x = self.masking.encode(images, self.generator)
-        ks = self.policy.sample(x) if self.policy is not None else None
+        ks = None
+        if self.policy is not None:
+            # One PMF per batch, and batches differ little: refresh it once per policy update.
+            if self._pmf is None:
+                self._pmf = self.policy.pmf(x)
+            ks = self.policy.sample(x, pmf=self._pmf)
         mixed = self.masking.mix(x, labels, ks, self.generator)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         inputs = mixed.x.contiguous(memory_format=fmt)
@@ -122,6 +130,7 @@ class Trainer:
                 lookahead = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
             rewards = self.policy.reward(losses.detach().float(), lookahead.float())
             self.last_policy_update = self.policy.update(x, ks, rewards)
+            self._pmf = None
         self.step += 1
         return losses.detach()
 
@@ -219,6 +228,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "policy": self.policy.state_dict() if self.policy is not None else None,
+            "policy_pmf": self._pmf,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -238,7 +248,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
-        self.step, self.epoch = state["step"], state["epoch"]
+        self.step, self.epoch, self._pmf = state["step"], state["epoch"], state["policy_pmf"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

@@ -12,24 +12,25 @@ import logging
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ahm_core.config import ConfigError, from_dict
+from ahm_core.config import ConfigError
 from ahm_core.experiment import run_centralized
+from simulations.schema import register, split_run_config
+
+register()
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="centralized")
 def main(hcfg: DictConfig) -> None:
-    values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
-    resume = values.pop("resume", True)
     try:
-        cfg = from_dict(values)
+        cfg, options = split_run_config(hcfg)
     except ConfigError as err:
         raise SystemExit(f"centralized: {err}") from None
     logging.getLogger("ahm_core").setLevel(logging.INFO)
-    metrics = run_centralized(cfg, HydraConfig.get().runtime.output_dir, resume=resume)
-    summary = {k: metrics[k] for k in ("method", "verification_accuracy", "checkpoint")}
-    print(json.dumps(summary | {k: metrics[k] for k in ("k_proportions",) if k in metrics}))
+    metrics = run_centralized(cfg, HydraConfig.get().runtime.output_dir, options["resume"])
+    keys = ("method", "verification_accuracy", "k_proportions", "checkpoint")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
 
 
 if __name__ == "__main__":
