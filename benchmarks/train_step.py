@@ -3,7 +3,8 @@
 At equal backbone, input size and batch it times: unmasked ArcFace, PPFR-FD + MixUp (k=2),
 PPFR-FD + fixed MixUp at the largest k of the policy's set, and PPFR-FD + AdaMixUp with that set
 at policy_interval=10. It prints step time, images/s and the peak memory each adds over what is
-already in use (CUDA allocator, or resident memory on CPU), and the ratios
+already in use (CUDA allocator, or resident memory on CPU; the first configuration's figure also
+holds the allocator's one-time growth), and the ratios
 PPFR-FD + MixUp / ArcFace (target <= 1.15x) and AdaMixUp / fixed MixUp (target <= 1.3x). Each
 configuration is timed over whole policy intervals, interleaved over repeats; the best repeat
 counts. On a CUDA device it also prints IR-SE-50 images/s at 112x112, batch 128, bfloat16 AMP.

@@ -1,0 +1,201 @@
+"""Privacy indices and the scores of the paper's Table 2 (section 4.2, DESIGN D7), with PSNR, SSIM
+and identity leakage beyond the paper.
+
+Masking effect: M_lpips = mean LPIPS(original, render(masked)), M_feat = 1 - mean cos(f(original),
+f(render(masked))) with f an FR model trained on original images; attack effect (A_lpips, A_feat):
+the same on an attack's reconstructions. Scores over the methods of one table: accuracy score =
+norm(accuracy), privacy score = norm(0.4 * mean(M_lpips, M_feat) + 0.6 * mean(A_lpips, A_feat)),
+score = (privacy score + accuracy score) / 2, with norm(v) = 0.5 + 0.5 (v - min) / (max - min).
+The paper's text says "product" for the last step, but its Table 2 holds the mean (tests check it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ahm_core.masking.pipeline import to_gray
+from ahm_core.metrics.lpips import LPIPS, as_rgb, check_pair, check_unit_images
+
+FeatureModel = Callable[[Tensor], Tensor]  # images [N, 3, H, W] in [0, 1] -> embeddings [N, D]
+INDICES = ("m_lpips", "m_feat", "a_lpips", "a_feat")
+VISUAL_WEIGHT, ATTACK_WEIGHT = 0.4, 0.6  # eq. 9's weights in the paper's experiments
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # (K * data range)^2 with data range 1
+
+
+@torch.no_grad()
+def embed_images(model: FeatureModel, images: Tensor, batch_size: int = 64) -> Tensor:
+    """[N, D] L2-normalised embeddings of images in [0, 1], gray repeated to RGB, in batches."""
+    out = [
+        F.normalize(model(as_rgb(images[start : start + batch_size])).float(), dim=1).cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)
+
+
+def _effect(
+    originals: Tensor,
+    images: Tensor,
+    lpips: LPIPS,
+    feature_model: FeatureModel,
+    prefix: str,
+    batch_size: int,
+) -> dict[str, float | bool]:
+    check_pair(originals, images, ("originals", f"{prefix} images"))
+    if not len(originals):
+        raise ValueError("originals: no images to measure")
+    cos = (
+        embed_images(feature_model, originals, batch_size)
+        * embed_images(feature_model, images, batch_size)
+    ).sum(dim=1)
+    return {
+        f"{prefix}_lpips": float(lpips(originals, images).mean()),
+        f"{prefix}_feat": float(1.0 - cos.mean()),
+        "lpips_calibrated": lpips.calibrated,
+    }
+
+
+def masking_effect(
+    originals: Tensor,
+    renders: Tensor,
+    lpips: LPIPS,
+    feature_model: FeatureModel,
+    batch_size: int = 64,
+) -> dict[str, float | bool]:
+    """M_lpips and M_feat of renders of the masked originals (larger: better masking).
+
+    `feature_model` (in eval mode) is an FR model trained on original images; the result also
+    says whether LPIPS was calibrated (`lpips.label` is the name reports must print)."""
+    return _effect(originals, renders, lpips, feature_model, "m", batch_size)
+
+
+def attack_effect(
+    originals: Tensor,
+    reconstructions: Tensor,
+    lpips: LPIPS,
+    feature_model: FeatureModel,
+    batch_size: int = 64,
+) -> dict[str, float | bool]:
+    """A_lpips and A_feat of an attack's reconstructions of originals (larger: better defence)."""
+    return _effect(originals, reconstructions, lpips, feature_model, "a", batch_size)
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """[N] peak signal-to-noise ratio in dB of images in [0, 1], on luma like `ssim` (inf when
+    identical): the frequency-domain renders carry no colour to compare."""
+    check_pair(a, b, ("a", "b"))
+    mse = (to_gray(a).double() - to_gray(b).double()).pow(2).flatten(1).mean(dim=1)
+    return (-10.0 * torch.log10(mse)).to(a.dtype)
+
+
+def _gaussian_blur(x: Tensor) -> Tensor:
+    """'Valid' 11x11 Gaussian (sigma 1.5) filtering of [N, 1, H, W], as separable convolutions."""
+    offsets = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    g = g / g.sum()
+    return F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+
+
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """[N] SSIM of Wang et al. (2004) on luma, data range 1: Gaussian 11x11 window, sigma 1.5,
+    K = (0.01, 0.03), mean of the map over the positions where the window fits (no padding)."""
+    check_pair(a, b, ("a", "b"))
+    if min(a.shape[2:]) < SSIM_WINDOW:
+        raise ValueError(f"ssim: images must be at least {SSIM_WINDOW} pixels a side")
+    x, y = to_gray(a).double(), to_gray(b).double()
+    mx, my = _gaussian_blur(x), _gaussian_blur(y)
+    vx = _gaussian_blur(x * x) - mx * mx
+    vy = _gaussian_blur(y * y) - my * my
+    cxy = _gaussian_blur(x * y) - mx * my
+    ssim_map = ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / (
+        (mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2)
+    )
+    return ssim_map.flatten(1).mean(dim=1).to(a.dtype)
+
+
+def accuracy_ratio(acc_masked: float, acc_original: float) -> float:
+    """Acc_masked / Acc_original (section 4.2.3): the share of accuracy the masking keeps."""
+    if acc_original <= 0:
+        raise ValueError(f"acc_original must be positive, got {acc_original}")
+    return acc_masked / acc_original
+
+
+def identity_leakage(
+    reconstructions: Tensor,
+    rec_labels: Tensor,
+    gallery: Tensor,
+    gallery_labels: Tensor,
+    eval_model: FeatureModel,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Rank-1 re-identification rate of reconstructions: the identity of the most cosine-similar
+    gallery original, embedded by `eval_model` (not the attacked model), and its chance level."""
+    check_unit_images(reconstructions, "reconstructions")
+    check_unit_images(gallery, "gallery")
+    if len(reconstructions) != len(rec_labels) or len(gallery) != len(gallery_labels):
+        raise ValueError("identity_leakage: need one label per reconstruction and gallery image")
+    if not len(reconstructions) or not len(gallery):
+        raise ValueError("identity_leakage: no reconstructions or an empty gallery")
+    identities = gallery_labels.unique()
+    if not bool(torch.isin(rec_labels, identities).all()):
+        raise ValueError("identity_leakage: some reconstructed identities are not in the gallery")
+    similarity = embed_images(eval_model, reconstructions, batch_size) @ (
+        embed_images(eval_model, gallery, batch_size).T
+    )
+    predicted = gallery_labels.cpu()[similarity.argmax(dim=1)]
+    return {
+        "rank1": float((predicted == rec_labels.cpu()).float().mean()),
+        "chance": 1.0 / len(identities),
+    }
+
+
+def normalise(values: Mapping[str, float]) -> dict[str, float]:
+    """D7's norm over the methods of one table: 0.5 + 0.5 (v - min) / (max - min), in [0.5, 1].
+
+    A constant column (one method, or all equal) maps to 1.0: no method is worse than the best."""
+    if not values:
+        return {}
+    lo, hi = min(values.values()), max(values.values())
+    if hi == lo:
+        return dict.fromkeys(values, 1.0)
+    return {name: 0.5 + 0.5 * (v - lo) / (hi - lo) for name, v in values.items()}
+
+
+def privacy_index(row: Mapping[str, float]) -> float:
+    """Eq. 9 before normalisation: 0.4 * mean(M_lpips, M_feat) + 0.6 * mean(A_lpips, A_feat)."""
+    masking = (row["m_lpips"] + row["m_feat"]) / 2
+    attack = (row["a_lpips"] + row["a_feat"]) / 2
+    return VISUAL_WEIGHT * masking + ATTACK_WEIGHT * attack
+
+
+def table_scores(rows: Mapping[str, Mapping]) -> dict[str, dict]:
+    """Each method's row plus `accuracy_score`, and `privacy_score` and `score` when all four
+    indices are known (not None); the norms run over the methods of `rows` only.
+
+    A method without indices (an unmasked baseline) gets no privacy or comprehensive score: the
+    accuracy score alone would rank an unprotected model above every masked one. It still counts
+    in the accuracy range; leave it out of `rows` to match the paper, which scores masked rows only.
+    """
+    missing = [name for name, row in rows.items() if row.get("accuracy") is None]
+    if missing:
+        raise ValueError(f"table_scores: no accuracy for {missing}")
+    accuracy = normalise({name: float(row["accuracy"]) for name, row in rows.items()})
+    privacy = normalise(
+        {
+            name: privacy_index(row)
+            for name, row in rows.items()
+            if all(row.get(key) is not None for key in INDICES)
+        }
+    )
+    out = {}
+    for name, row in rows.items():
+        scored = {**row, "accuracy_score": accuracy[name]}
+        if name in privacy:
+            scored["privacy_score"] = privacy[name]
+            scored["score"] = (privacy[name] + accuracy[name]) / 2
+        out[name] = scored
+    return out
