@@ -205,7 +205,7 @@ def test_identity_leakage():
     labels = torch.arange(60) % 10
     noise = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     blind = identity_leakage(noise, labels, gallery, ids, model, batch_size=7)
-    assert blind["rank1"] <= 0.2
+    assert abs(blind["rank1"] - blind["chance"]) <= 0.1
     with pytest.raises(ValueError, match="not in the gallery"):
         identity_leakage(gallery[:1], torch.tensor([10]), gallery, ids, model)
 

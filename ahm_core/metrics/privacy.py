@@ -148,7 +148,7 @@ def identity_leakage(
     )
     predicted = gallery_labels.cpu()[similarity.argmax(dim=1)]
     return {
-        "rank1": float((predicted == rec_labels.cpu()).float().mean()),
+        "rank1": float((predicted == rec_labels.cpu()).double().mean()),
         "chance": 1.0 / len(identities),
     }
 
