@@ -3,8 +3,9 @@
 A pix2pix conditional GAN (Isola et al. 2017, with the structure and options of
 pytorch-CycleGAN-and-pix2pix) learns to map masked tensors back to faces. It trains on auxiliary
 pairs (original, mask(original)) of identities disjoint from the victim's, then reconstructs the
-victim's masked data. On MixUp/InstaHide data, k follows the policy's measured proportions and the
-target of a mixed sample is its source of largest coefficient (paper, section 4.3).
+victim's masked data (the attack effect of the paper's section 4.2.2). On MixUp/InstaHide data, k
+follows the policy's measured proportions and the target of a mixed sample is its source of largest
+coefficient (section 5.1).
 
 Changes from pix2pix, because the input is a masked tensor rather than an image: the tensor is
 standardised per channel (statistics of the auxiliary set) and resized to the face's size; one
@@ -164,8 +165,12 @@ class UnetGenerator(nn.Module):
         block = None
         for i in reversed(range(1, num_downs)):
             dropout = use_dropout and dropout_from <= i < num_downs - 1
-            block = UnetSkipBlock(widths[i - 1], widths[i], None, block, False, norm, dropout)
-        self.model = UnetSkipBlock(output_nc, widths[0], input_nc, block, True, norm)
+            block = UnetSkipBlock(
+                widths[i - 1], widths[i], submodule=block, norm=norm, use_dropout=dropout
+            )
+        self.model = UnetSkipBlock(
+            output_nc, widths[0], input_nc, submodule=block, outermost=True, norm=norm
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -316,7 +321,7 @@ class CGANAttack:
         self.optimizer_g.step()
         self.steps += 1
         values = (g_gan, g_l1, d_real, d_fake)
-        return {name: float(v) for name, v in zip(LOSS_NAMES, values, strict=True)}
+        return {name: v.item() for name, v in zip(LOSS_NAMES, values, strict=True)}
 
     def fit(
         self,
