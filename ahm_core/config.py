@@ -156,11 +156,14 @@ class FederationConfig:
 class AttackConfig:
     """Adversaries of the threat model (DESIGN section 4)."""
 
-    aux_fraction: float = field(default=0.2, metadata={"min_open": 0.0, "max_open": 1.0})
+    victims: int = field(default=256, metadata={"min": 2})  # victim images attacked
+    aux_images: int = field(default=1024, metadata={"min": 2})  # the attacker's own pairs
     cgan_epochs: int = field(default=5, metadata=_positive())
+    cgan_batch_size: int = field(default=16, metadata=_positive())
     cgan_lambda_l1: float = field(default=100.0, metadata={"min": 0.0})
     ngf: int = field(default=64, metadata=_positive())
     ndf: int = field(default=64, metadata=_positive())
+    lpips_calibrated: bool = True  # False: random AlexNet, every output marked uncalibrated
 
 
 @dataclass

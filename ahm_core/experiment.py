@@ -12,10 +12,13 @@ import logging
 import time
 from pathlib import Path
 
+from torch import Tensor
+
 from ahm_core.config import METHODS, AHMConfig, to_dict
+from ahm_core.data.base import FaceSet
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.io import atomic_write
-from ahm_core.masking import build_masking
+from ahm_core.masking import MaskingPipeline, build_masking
 from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -29,10 +32,7 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
     faces = load_faces(cfg.data)
     split = verification_split(faces.labels, cfg.data)
     labels, num_classes = relabel(faces.labels[split.train])
-    fit = None
-    if METHODS[cfg.masking.method].domain == "dp":
-        fit = faces.images_uint8(split.train[:DP_FIT_IMAGES]).float() / 255.0
-    masking = build_masking(cfg, fit_images=fit)
+    masking = masking_for_run(cfg, faces, split.train)
     steps = len(split.train) // cfg.train.batch_size
     trainer = Trainer(cfg, masking, num_classes, steps)
     checkpoint = out_dir / "checkpoint.pt"
@@ -57,6 +57,14 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
         )
         _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
     return json.loads((out_dir / "metrics.json").read_text())
+
+
+def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPipeline:
+    """The run's masking pipeline; DP fits its eigenfaces on (up to 2,048) training images."""
+    fit = None
+    if METHODS[cfg.masking.method].domain == "dp":
+        fit = faces.images_uint8(train[:DP_FIT_IMAGES]).float() / 255.0
+    return build_masking(cfg, fit_images=fit)
 
 
 def _write_metrics(

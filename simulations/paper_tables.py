@@ -1,0 +1,33 @@
+"""Run the paper's Tables 1-3 on one data set and write report.md, table2.csv, the scatter and
+the reconstruction grids in the run folder; rows already finished there are skipped.
+
+    python -m simulations.paper_tables profile=small
+    python -m simulations.paper_tables profile=small data=folder data.root=../shared/data/orl_faces
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ahm_core.config import ConfigError
+from ahm_core.paper import run_tables
+from simulations.schema import register, split_run_config
+
+register()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="paper_tables")
+def main(hcfg: DictConfig) -> None:
+    try:
+        cfg, _ = split_run_config(hcfg)
+    except ConfigError as err:
+        raise SystemExit(f"paper_tables: {err}") from None
+    out = HydraConfig.get().runtime.output_dir
+    run_tables(cfg, out, log=lambda line: print(line, flush=True))
+    print(f"report: {out}/report.md")
+
+
+if __name__ == "__main__":
+    main()
