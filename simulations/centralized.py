@@ -14,7 +14,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ahm_core.config import ConfigError
 from ahm_core.experiment import run_centralized
 from simulations.schema import register, split_run_config
 
@@ -23,10 +22,7 @@ register()
 
 @hydra.main(version_base=None, config_path="conf", config_name="centralized")
 def main(hcfg: DictConfig) -> None:
-    try:
-        cfg, options = split_run_config(hcfg)
-    except ConfigError as err:
-        raise SystemExit(f"centralized: {err}") from None
+    cfg, options = split_run_config(hcfg, "centralized")
     logging.getLogger("ahm_core").setLevel(logging.INFO)
     metrics = run_centralized(cfg, HydraConfig.get().runtime.output_dir, options["resume"])
     keys = ("method", "verification_accuracy", "k_proportions", "checkpoint")

@@ -11,7 +11,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ahm_core.config import ConfigError
 from ahm_core.paper import run_tables
 from simulations.schema import register, split_run_config
 
@@ -20,10 +19,7 @@ register()
 
 @hydra.main(version_base=None, config_path="conf", config_name="paper_tables")
 def main(hcfg: DictConfig) -> None:
-    try:
-        cfg, _ = split_run_config(hcfg)
-    except ConfigError as err:
-        raise SystemExit(f"paper_tables: {err}") from None
+    cfg, _ = split_run_config(hcfg, "paper_tables")
     out = HydraConfig.get().runtime.output_dir
     run_tables(cfg, out, log=lambda line: print(line, flush=True))
     print(f"report: {out}/report.md")

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from ahm_core.config import AHMConfig, from_dict
+from ahm_core.config import AHMConfig, ConfigError, from_dict
 
 
 @dataclass
@@ -27,8 +27,12 @@ def register() -> None:
     ConfigStore.instance().store(name="ahm_schema", node=RunConfig)
 
 
-def split_run_config(hcfg: DictConfig) -> tuple[AHMConfig, dict[str, Any]]:
-    """The validated AHMConfig and the run options of a composed hydra config."""
+def split_run_config(hcfg: DictConfig, prog: str) -> tuple[AHMConfig, dict[str, Any]]:
+    """The validated AHMConfig and the run options of a composed hydra config; a bad option
+    ends the program with one line naming it."""
     values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
     options = {"resume": values.pop("resume")}
-    return from_dict(values), options
+    try:
+        return from_dict(values), options
+    except ConfigError as err:
+        raise SystemExit(f"{prog}: {err}") from None

@@ -192,7 +192,7 @@ def test_state_dict_round_trip_restores_the_policy_exactly():
     buffer.seek(0)
     restored = make_policy(seed=1, lr=1e-3)
     assert not torch.equal(restored.pmf(x), original.pmf(x))
-    restored.load_state_dict(torch.load(buffer))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
 
     assert torch.equal(restored.pmf(x), original.pmf(x))
     assert restored.histogram() == original.histogram()
