@@ -34,6 +34,8 @@ from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
 from ahm_core.policy import build_policy
 
+PROGRESS_EVERY = 10  # batches between progress-bar updates (each reads back from the device)
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when available, else CPU."""
@@ -163,16 +165,18 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        total, count, start = 0.0, 0, time.perf_counter()
-        for images, batch_labels in bar:
+        total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        for batch, (images, batch_labels) in enumerate(bar, 1):
             losses = self.train_step(images, batch_labels)
-            total += float(losses.sum())
+            total += losses.sum().float()  # on the device: no host sync per step
             count += len(losses)
-            rate = count / (time.perf_counter() - start)
-            postfix = {"loss": f"{total / count:.3f}", "img/s": f"{rate:.0f}"}
-            if self.policy is not None:
-                postfix["k"] = _histogram_text(self.policy.histogram())
-            bar.set_postfix(postfix, refresh=False)
+            if self.cfg.train.progress and batch % PROGRESS_EVERY == 0:
+                rate = count / (time.perf_counter() - start)
+                postfix = {"loss": f"{float(total) / count:.3f}", "img/s": f"{rate:.0f}"}
+                if self.policy is not None:
+                    postfix["k"] = _histogram_text(self.policy.histogram())
+                bar.set_postfix(postfix)
+        total = float(total)
         self.epoch += 1
         if count == 0:
             raise ValueError(
