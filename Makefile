@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m simulations.mask_grid --out outputs/demo
+	$(PY) -m simulations.federated report=true hydra.run.dir=outputs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

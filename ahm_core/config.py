@@ -42,6 +42,7 @@ DATA_SOURCES = ("synthetic", "folder", "insightface")
 KEY_MODES = ("fixed", "per_image")
 CHANNEL_MIXINGS = ("adjacent", "none")
 PARTITIONS = ("identity", "iid", "dirichlet")
+FAULT_MODES = ("raise", "hang", "nan", "explode")
 SYNTH_SIZES = (32, 112)
 AC_CHANNELS = BLOCK * BLOCK - 1
 
@@ -136,20 +137,27 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    """FedAvg over Flower clients."""
+    """FedAvg over Flower clients: sampling, local work, update screening, faults, capture."""
 
-    num_clients: int = field(default=4, metadata=_positive())
+    num_clients: int = field(default=4, metadata=_positive())  # Flower: the SuperNodes' count wins
     rounds: int = field(default=3, metadata=_positive())
     local_epochs: int = field(default=1, metadata=_positive())
     fraction_train: float = field(default=1.0, metadata={"min_open": 0.0, "max": 1.0})
+    fraction_evaluate: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     min_clients: int = field(default=2, metadata=_positive())
+    round_timeout: float = field(default=3600.0, metadata={"min_open": 0.0})  # seconds
     partition: str = "identity"
     dirichlet_alpha: float = field(default=0.5, metadata={"min_open": 0.0})
     val_fraction: float = field(default=0.1, metadata={"min": 0.0, "max_open": 1.0})
+    eval_pairs: int = field(default=600, metadata={"min": 20})  # a client's local verification
     min_client_images: int = field(default=1, metadata=_positive())
     drop_small_clients: bool = False
     max_update_norm: float = field(default=1e4, metadata={"min_open": 0.0})
-    share_head: bool = False
+    share_head: bool = False  # False: each client's ArcFace head over its own people stays local
+    capture_clients: int = field(default=0, metadata={"min": 0})  # threat model: updates stored
+    fault_fraction: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    fault_mode: str = "raise"  # raise | hang | nan | explode
+    fault_seconds: float = field(default=600.0, metadata={"min": 0.0})  # how long `hang` hangs
 
 
 @dataclass
@@ -217,6 +225,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("masking.mixing", cfg.masking.mixing, CHANNEL_MIXINGS)
     _choice("model.backbone", cfg.model.backbone, BACKBONES)
     _choice("federation.partition", cfg.federation.partition, PARTITIONS)
+    _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
     if cfg.data.source != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
     size = cfg.data.image_size
@@ -321,10 +330,24 @@ def to_dict(cfg: AHMConfig) -> dict[str, Any]:
 
 def apply_overrides(cfg: AHMConfig, overrides: dict[str, Any]) -> AHMConfig:
     """Return a validated copy of cfg with dotted keys replaced, e.g. {"mixup.k": 3}."""
-    values = to_dict(cfg)
-    for dotted, value in overrides.items():
+    return from_flat({**to_flat(cfg), **overrides})
+
+
+def to_flat(cfg: AHMConfig) -> dict[str, bool | int | float | str]:
+    """`section.key` -> scalar, lists as "2,3,4": the shape of a Flower run config."""
+    return {
+        f"{section}.{key}": ",".join(map(str, value)) if isinstance(value, list) else value
+        for section, values in to_dict(cfg).items()
+        for key, value in values.items()
+    }
+
+
+def from_flat(flat: dict[str, Any]) -> AHMConfig:
+    """Build and validate a config from `section.key` entries (a Flower run config)."""
+    values: dict[str, dict[str, Any]] = {}
+    for dotted, value in flat.items():
         section, _, key = dotted.partition(".")
-        if section not in values or not key:
+        if not key:
             raise ConfigError(f"{dotted}: unknown option; expected SECTION.KEY")
-        values[section][key] = value
+        values.setdefault(section, {})[key] = value
     return from_dict(values)

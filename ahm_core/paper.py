@@ -98,14 +98,16 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, done: dict[str, dict]) -> dict
     }
     if row.method != "arcface":
         arcface_ckpt = Path(done["ArcFace"]["checkpoint"])
-        result |= _privacy(row_cfg, result["k_proportions"], arcface_ckpt, cached.parent)
+        result |= privacy_metrics(row_cfg, result["k_proportions"], arcface_ckpt, cached.parent)
     result["checkpoint"] = metrics["checkpoint"]
     text = json.dumps(result, indent=2)
     atomic_write(cached, lambda tmp: tmp.write_text(text))
     return result
 
 
-def _privacy(cfg: AHMConfig, k_proportions: dict | None, arcface: Path, folder: Path) -> dict:
+def privacy_metrics(
+    cfg: AHMConfig, k_proportions: dict | None, arcface: Path, folder: Path
+) -> dict:
     """Masking effect, CGAN attack effect and identity leakage of one method."""
     device = resolve_device(cfg.train.device)
     faces = load_faces(cfg.data)
@@ -216,17 +218,17 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
         lines.append(
             [
                 name,
-                _f(s.get("score")),
-                _f(s.get("privacy_score")),
-                _f(s.get("accuracy_score")),
-                _f(r["accuracy"]),
-                _f(r.get("m_lpips")),
-                _f(r.get("m_feat")),
-                _pair(r, "a_lpips"),
-                _pair(r, "a_feat"),
-                _f(r.get("psnr"), 2),
-                _f(r.get("ssim")),
-                f"{_f(r.get('leakage_rank1'))} ({_f(r.get('leakage_chance'))})"
+                fmt(s.get("score")),
+                fmt(s.get("privacy_score")),
+                fmt(s.get("accuracy_score")),
+                fmt(r["accuracy"]),
+                fmt(r.get("m_lpips")),
+                fmt(r.get("m_feat")),
+                attack_cell(r, "a_lpips"),
+                attack_cell(r, "a_feat"),
+                fmt(r.get("psnr"), 2),
+                fmt(r.get("ssim")),
+                f"{fmt(r.get('leakage_rank1'))} ({fmt(r.get('leakage_chance'))})"
                 if "leakage_rank1" in r
                 else "-",
             ]
@@ -246,25 +248,25 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
         "",
         "## Table 2: accuracy and privacy",
         "",
-        _md_table(header, lines),
+        md_table(header, lines),
         "",
         "## Table 1: RGB against frequency domain (accuracy, k=2)",
         "",
-        _md_table(
+        md_table(
             ["Method", "RGB domain", "Frequency domain"],
             [
-                ["MixUp (k=2)", _f(acc.get("MixUp RGB (k=2)")), _f(acc.get("MixUp-FD (k=2)"))],
+                ["MixUp (k=2)", fmt(acc.get("MixUp RGB (k=2)")), fmt(acc.get("MixUp-FD (k=2)"))],
                 [
                     "InstaHide (k=2)",
-                    _f(acc.get("InstaHide RGB (k=2)")),
-                    _f(acc.get("InstaHide-FD (k=2)")),
+                    fmt(acc.get("InstaHide RGB (k=2)")),
+                    fmt(acc.get("InstaHide-FD (k=2)")),
                 ],
             ],
         ),
         "",
         "## Table 3: average proportion of each k (Masking+AdaMixUp)",
         "",
-        _md_table(
+        md_table(
             ["Method", "k proportions"],
             [
                 [n, json.dumps(r["k_proportions"])]
@@ -305,17 +307,17 @@ def _scatter(scores: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _pair(row: dict, key: str) -> str:
+def attack_cell(row: dict, key: str) -> str:
     """An attack index with the mean-face floor beside it."""
     if key not in row:
         return "-"
-    return f"{_f(row[key])} ({_f(row['mean_face_' + key])})"
+    return f"{fmt(row[key])} ({fmt(row['mean_face_' + key])})"
 
 
-def _f(value: float | None, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

@@ -83,10 +83,10 @@ class Trainer:
             momentum=t.momentum,
             weight_decay=t.weight_decay,
         )
+        self.steps_per_epoch = steps_per_epoch
         total, warmup = max(1, t.epochs * steps_per_epoch), t.warmup_epochs * steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _poly_with_warmup(step, warmup, total)
-        )
+        self.schedule = lambda step: _poly_with_warmup(step, warmup, total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
         self.step = self.epoch = 0
         self.last_policy_update: dict[str, float] = {}
@@ -135,6 +135,15 @@ class Trainer:
             self._pmf = None
         self.step += 1
         return losses.detach()
+
+    def seek(self, epoch: int) -> None:
+        """Continue from the start of `epoch`: its learning rate and its shuffle (a federated
+        client joins the schedule at the server's round, however often it was sampled)."""
+        self.epoch = epoch
+        step = epoch * self.steps_per_epoch
+        self.scheduler.last_epoch = step
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self.schedule(step)
 
     def loader(self, faces: FaceSet, items: Tensor, labels: Tensor) -> DataLoader:
         """Shuffled, whole-batch loader over `items`; the order depends on seed and epoch only."""
@@ -187,7 +196,7 @@ class Trainer:
             "epoch": self.epoch,
             "loss": total / count,
             "images_per_s": count / (time.perf_counter() - start),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
         if self.policy is not None:
             metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}

@@ -6,7 +6,7 @@ Registered in hydra's ConfigStore so any schema key can be overridden on the com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -22,16 +22,33 @@ class RunConfig(AHMConfig):
     resume: bool = True  # continue from the run folder's checkpoint when it is there
 
 
+@dataclass
+class FederatedRunConfig(RunConfig):
+    """RunConfig plus how `simulations.federated` launches `flwr run` on the Ray backend."""
+
+    supernodes: int = 4  # simulated clients (SuperNodes), one partition each
+    cpus_per_client: int = 1
+    gpus_per_client: float = 0.0
+    metrics_port: int = 0  # the server's Prometheus exporter; 0: off
+    metrics_address: str = "127.0.0.1"
+    client_state: bool = True  # clients also keep their state on disk, for an exact resume
+    report: bool = False  # afterwards, the privacy report on the final model (CGAN attack)
+
+
 def register() -> None:
-    """Make the schema available to `defaults` lists as `ahm_schema`."""
-    ConfigStore.instance().store(name="ahm_schema", node=RunConfig)
+    """Make the schemas available to `defaults` lists as `ahm_schema` and
+    `ahm_federated_schema`."""
+    store = ConfigStore.instance()
+    store.store(name="ahm_schema", node=RunConfig)
+    store.store(name="ahm_federated_schema", node=FederatedRunConfig)
 
 
 def split_run_config(hcfg: DictConfig, prog: str) -> tuple[AHMConfig, dict[str, Any]]:
     """The validated AHMConfig and the run options of a composed hydra config; a bad option
     ends the program with one line naming it."""
     values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
-    options = {"resume": values.pop("resume")}
+    sections = {f.name for f in fields(AHMConfig)}
+    options = {key: values.pop(key) for key in list(values) if key not in sections}
     try:
         return from_dict(values), options
     except ConfigError as err:

@@ -1,0 +1,355 @@
+"""The federated task without Flower: a client's partition and round of local training, the
+server's initial model, update screening and global evaluation. `client/app.py` and
+`server/app.py` are thin Flower shells over these functions.
+
+What travels is a flat state dict of tensors: `backbone.*` always, `head.*` only with
+`federation.share_head` (the head then spans every training identity). Otherwise each client's
+ArcFace head covers its own people and never leaves it, as in federated face recognition where a
+client's identities are private. Every client and the server derive the same data, split and
+partition from the config, so nothing but weights and metrics crosses the wire.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import torch
+from torch import Tensor
+
+from ahm_core.config import AHMConfig, apply_overrides, from_flat, to_dict, to_flat
+from ahm_core.data.base import FaceSet
+from ahm_core.data.pairs import Pairs, make_pairs
+from ahm_core.data.partition import partition
+from ahm_core.data.sources import load_faces, relabel, verification_split
+from ahm_core.evaluate import evaluate_verification
+from ahm_core.experiment import masking_for_run
+from ahm_core.io import atomic_write
+from ahm_core.masking import MaskingPipeline
+from ahm_core.models import build_backbone, build_head
+from ahm_core.train import Trainer, resolve_device
+
+State = dict[str, Tensor]
+T = TypeVar("T")
+EXPLODE_SCALE = 1e6  # what an `explode` fault multiplies a client's update by
+
+
+# Run-config keys the Flower apps read besides the `section.key` entries of AHMConfig.
+APP_DEFAULTS: dict[str, bool | int | float | str] = {
+    "out-dir": "outputs/federated",  # the server's checkpoint, rounds.json, captured updates
+    "resume": True,  # continue from out-dir's checkpoint when there is one
+    "metrics-port": 0,  # Prometheus exporter of the server; 0: off
+    "metrics-address": "127.0.0.1",
+    "client-state-dir": "",  # where clients also keep their state on disk; "": memory only
+}
+
+
+def split_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]]:
+    """A Flower run config -> the validated AHMConfig and the app options (APP_DEFAULTS keys)."""
+    options = {key: flat.get(key, default) for key, default in APP_DEFAULTS.items()}
+    cfg = from_flat({k: v for k, v in flat.items() if k not in APP_DEFAULTS})
+    return cfg, options
+
+
+class InjectedFaultError(RuntimeError):
+    """The failure a client configured as faulty raises (federation.fault_*)."""
+
+
+class FederatedData(NamedTuple):
+    """The face set, its training items with labels 0..n-1, and the held-out verification pairs."""
+
+    faces: FaceSet
+    train: Tensor
+    labels: Tensor
+    num_classes: int
+    pairs: Pairs
+
+
+class ClientData(NamedTuple):
+    """One client's training items and labels (local or global ids) and its validation pairs."""
+
+    partition_id: int
+    items: Tensor
+    labels: Tensor
+    num_classes: int
+    val_pairs: Pairs | None
+
+
+_MEMO: dict[str, tuple[str, Any]] = {}
+
+
+def _memo(kind: str, key: Any, build: Callable[[], T]) -> T:
+    """The last value built for `kind`, rebuilt when its key changes: clients that share a
+    simulation worker process load the data and derive the partition once."""
+    key = json.dumps(key, sort_keys=True)
+    hit = _MEMO.get(kind)
+    if hit is None or hit[0] != key:
+        _MEMO[kind] = hit = (key, build())
+    return hit[1]
+
+
+def federated_data(cfg: AHMConfig) -> FederatedData:
+    """The run's faces, training items and held-out verification pairs."""
+
+    def build() -> FederatedData:
+        faces = load_faces(cfg.data)
+        split = verification_split(faces.labels, cfg.data)
+        labels, num_classes = relabel(faces.labels[split.train])
+        return FederatedData(faces, split.train, labels, num_classes, split.pairs)
+
+    return _memo("data", to_dict(cfg)["data"], build)
+
+
+def run_masking(cfg: AHMConfig, data: FederatedData) -> MaskingPipeline:
+    """The federation's masking pipeline: the same keys for every client and the server."""
+    return _memo("masking", to_flat(cfg), lambda: masking_for_run(cfg, data.faces, data.train))
+
+
+def client_data(
+    cfg: AHMConfig, data: FederatedData, partition_id: int, num_partitions: int
+) -> ClientData:
+    """Partition `partition_id` of `num_partitions` over the training identities."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id: expected 0..{num_partitions - 1}, got {partition_id}")
+    f = cfg.federation
+    parts = _memo(
+        "partitions",
+        [to_flat(cfg), num_partitions],
+        lambda: partition(
+            data.labels,
+            num_partitions,
+            f.partition,
+            f.dirichlet_alpha,
+            f.val_fraction,
+            cfg.data.seed,
+            f.min_client_images,
+            f.drop_small_clients,
+        ),
+    )
+    if partition_id >= len(parts):
+        raise ValueError(
+            f"partition {partition_id}: dropped, fewer than federation.min_client_images="
+            f"{cfg.federation.min_client_images} images"
+        )
+    part = parts[partition_id]
+    labels, num_classes = data.labels[part.train], data.num_classes
+    if not f.share_head:
+        labels, num_classes = relabel(labels)
+    val_pairs = None
+    if len(part.val):
+        try:
+            val_pairs = make_pairs(
+                data.faces.labels, data.train[part.val], f.eval_pairs, seed=cfg.data.seed
+            )
+        except ValueError:  # too few people or images in the validation split for pairs
+            val_pairs = None
+    return ClientData(partition_id, data.train[part.train], labels, num_classes, val_pairs)
+
+
+def initial_state(cfg: AHMConfig, masking: MaskingPipeline, data: FederatedData) -> State:
+    """The global model before round 1, seeded by `train.seed`."""
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size)
+    state = _prefixed("backbone", backbone.state_dict())
+    if cfg.federation.share_head:
+        state |= _prefixed("head", build_head(cfg.model, data.num_classes).state_dict())
+    return state
+
+
+def client_config(cfg: AHMConfig, partition_id: int) -> AHMConfig:
+    """A client's training config: its own seed, no progress bar, and a schedule that spans
+    every round (the client joins it at the server's round, see `Trainer.seek`)."""
+    f = cfg.federation
+    return apply_overrides(
+        cfg,
+        {
+            "train.epochs": f.rounds * f.local_epochs,
+            "train.seed": cfg.train.seed + 1 + partition_id,
+            "train.progress": False,
+        },
+    )
+
+
+class LocalResult(NamedTuple):
+    """What a client's round produced: the arrays it shares, its metrics, its private state."""
+
+    shared: State
+    metrics: dict[str, int | float | list]
+    state: bytes
+
+
+def local_train(
+    cfg: AHMConfig,
+    data: FederatedData,
+    client: ClientData,
+    masking: MaskingPipeline,
+    shared: State,
+    server_round: int,
+    state: bytes | None = None,
+) -> LocalResult:
+    """`federation.local_epochs` epochs from the global arrays, continuing the client's head,
+    optimiser, policy and RNGs from `state` (a fresh client starts them from its seed)."""
+    ccfg = client_config(cfg, client.partition_id)
+    trainer = Trainer(ccfg, masking, client.num_classes, len(client.items) // ccfg.train.batch_size)
+    if state is not None:
+        saved = unpack_state(state, trainer.device)
+        saved["backbone"] = trainer.backbone.state_dict()  # replaced by the global one below
+        trainer.load_state_dict(saved)
+    load_shared(trainer, shared)
+    trainer.seek((server_round - 1) * cfg.federation.local_epochs)
+    start = time.perf_counter()
+    epochs = [
+        trainer.train_epoch(data.faces, client.items, client.labels)
+        for _ in range(cfg.federation.local_epochs)
+    ]
+    seconds = time.perf_counter() - start
+    ks: dict[str, int] = {}
+    for epoch in epochs:
+        for k, count in epoch.get("k_histogram", {}).items():
+            ks[k] = ks.get(k, 0) + count
+    metrics = {
+        "num-examples": len(client.items),
+        "partition-id": client.partition_id,
+        "loss": sum(e["loss"] for e in epochs) / len(epochs),
+        "images-per-s": len(client.items) * len(epochs) / seconds,
+        "train-seconds": seconds,
+        "k-values": [int(k) for k in sorted(ks, key=int)],
+        "k-counts": [ks[k] for k in sorted(ks, key=int)],
+    }
+    return LocalResult(
+        shared_state(trainer, cfg.federation.share_head), metrics, pack_state(trainer)
+    )
+
+
+def local_evaluate(
+    cfg: AHMConfig, data: FederatedData, client: ClientData, masking: MaskingPipeline, shared: State
+) -> dict[str, int | float]:
+    """Verification accuracy of the global backbone on the client's validation pairs."""
+    if client.val_pairs is None:
+        return {"num-examples": 0, "accuracy": 0.0, "partition-id": client.partition_id}
+    report = evaluate_global(cfg, data.faces, client.val_pairs, masking, shared)
+    return {
+        "num-examples": len(client.val_pairs),
+        "accuracy": report["accuracy"],
+        "partition-id": client.partition_id,
+    }
+
+
+def evaluate_global(
+    cfg: AHMConfig, faces: FaceSet, pairs: Pairs, masking: MaskingPipeline, shared: State
+) -> dict:
+    """Verification report of the shared backbone on `pairs` (inputs masked, never mixed)."""
+    device = resolve_device(cfg.train.device)
+    backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size).to(device)
+    backbone.load_state_dict(_unprefixed("backbone", shared))
+    return evaluate_verification(backbone, faces, pairs, masking.encode, device=device)
+
+
+def load_shared(trainer: Trainer, shared: State) -> None:
+    """Put the global arrays into a trainer's backbone (and head, when it is shared)."""
+    trainer.backbone.load_state_dict(_unprefixed("backbone", shared))
+    head = _unprefixed("head", shared)
+    if head:
+        trainer.head.load_state_dict(head)
+
+
+def shared_state(trainer: Trainer, share_head: bool) -> State:
+    """The arrays a client sends: its backbone, and its head when the head is shared."""
+    state = _prefixed("backbone", trainer.backbone.state_dict())
+    if share_head:
+        state |= _prefixed("head", trainer.head.state_dict())
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def pack_state(trainer: Trainer) -> bytes:
+    """A client's private state (head, optimiser, policy, RNGs) as bytes; the backbone is left
+    out, since the next round brings the global one."""
+    state = trainer.state_dict()
+    del state["backbone"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def unpack_state(blob: bytes, device: torch.device | str = "cpu") -> dict:
+    """Read what `pack_state` wrote (tensors and plain data only: weights_only)."""
+    return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+
+
+def screen_update(previous: State, update: State, max_norm: float) -> str | None:
+    """Why an update must be rejected ('malformed', 'non_finite', 'norm'), or None to accept."""
+    if update.keys() != previous.keys() or any(
+        update[k].shape != previous[k].shape for k in previous
+    ):
+        return "malformed"
+    squared = 0.0
+    for key, value in update.items():
+        if not value.is_floating_point():
+            continue  # BatchNorm's num_batches_tracked counts batches
+        if not bool(torch.isfinite(value).all()):
+            return "non_finite"
+        squared += float((value.double() - previous[key].double()).square().sum())
+    return "norm" if squared**0.5 > max_norm else None
+
+
+def faulty_partitions(cfg: AHMConfig, num_partitions: int) -> set[int]:
+    """The `federation.fault_fraction` of partitions that fail, drawn from `train.seed`."""
+    count = round(cfg.federation.fault_fraction * num_partitions)
+    return set(random.Random(cfg.train.seed).sample(range(num_partitions), count))
+
+
+def inject_fault(cfg: AHMConfig, shared: State) -> State:
+    """Fail as `federation.fault_mode` says: raise, hang then raise, or corrupt the update."""
+    mode = cfg.federation.fault_mode
+    if mode == "hang":
+        time.sleep(cfg.federation.fault_seconds)
+    if mode in ("raise", "hang"):
+        raise InjectedFaultError(f"injected fault: federation.fault_mode={mode}")
+    if mode == "nan":
+        return {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in shared.items()
+        }
+    return {k: v * EXPLODE_SCALE if v.is_floating_point() else v for k, v in shared.items()}
+
+
+class ClientStateStore:
+    """A client's private state on its own disk, by round, so a restarted federation resumes
+    exactly: it keeps the newest state before the current round and the current one."""
+
+    def __init__(self, root: str | Path, partition_id: int) -> None:
+        self.folder = Path(root) / f"partition_{partition_id}"
+
+    def _rounds(self) -> list[int]:
+        names = (re.fullmatch(r"round_(\d+)\.pt", p.name) for p in self.folder.glob("round_*.pt"))
+        return sorted(int(m.group(1)) for m in names if m)
+
+    def load_before(self, server_round: int) -> bytes | None:
+        """The state saved after the client's latest round before `server_round`, if any."""
+        earlier = [r for r in self._rounds() if r < server_round]
+        return (self.folder / f"round_{earlier[-1]:04d}.pt").read_bytes() if earlier else None
+
+    def save(self, server_round: int, blob: bytes) -> None:
+        """Write this round's state atomically and drop the ones no restart can need."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            self.folder / f"round_{server_round:04d}.pt", lambda tmp: tmp.write_bytes(blob)
+        )
+        earlier = [r for r in self._rounds() if r < server_round]
+        for r in earlier[:-1]:
+            (self.folder / f"round_{r:04d}.pt").unlink(missing_ok=True)
+
+
+def _prefixed(prefix: str, state: dict[str, Tensor]) -> State:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def _unprefixed(prefix: str, state: State) -> State:
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in state.items() if k.startswith(f"{prefix}.")}

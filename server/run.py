@@ -1,0 +1,143 @@
+"""The server side of a federated run: the global model from round 0, its evaluation on held-out
+identities after every round, the per-round record (`rounds.json`), an atomic checkpoint per
+round, resume from it, and the Prometheus exporter.
+
+Resume: started again on the same `out-dir`, the run continues after the last checkpointed
+round with the same config (only `federation.rounds` may grow); with clients that keep their
+state on disk (`client-state-dir`) and full participation it ends with the same model as an
+uninterrupted run. With `fraction_train` < 1 the seeded draw is over node ids, which a
+restarted simulation assigns afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from ahm_core.config import AHMConfig, ConfigError, to_dict
+from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
+from ahm_core.io import atomic_write
+from server.metrics import ServerMetrics
+from server.strategy import ScreenedFedAvg
+
+
+class ServerRun:
+    """One federated run's server, writing under `options['out-dir']`."""
+
+    def __init__(self, cfg: AHMConfig, options: dict[str, Any]) -> None:
+        self.cfg, self.options = cfg, options
+        self.out = Path(options["out-dir"]).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.checkpoint = self.out / "checkpoint.pt"
+        self.data = federated_data(cfg)
+        self.masking = run_masking(cfg, self.data)
+        self.state = initial_state(cfg, self.masking, self.data)
+        self.history: list[dict] = []
+        self.done = 0  # rounds finished before this session
+        if options["resume"] and self.checkpoint.exists():
+            self._resume()
+        self.strategy: ScreenedFedAvg | None = None
+        self.metrics: ServerMetrics | None = None
+
+    def _resume(self) -> None:
+        saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        before, now = saved["config"], to_dict(self.cfg)
+        before["federation"].pop("rounds"), now["federation"].pop("rounds")
+        if before != now:
+            raise ConfigError(
+                f"{self.checkpoint}: written with another config; use a new out-dir or resume=false"
+            )
+        self.state, self.history, self.done = saved["state"], saved["history"], saved["round"]
+        log(INFO, "resuming %s after round %d", self.checkpoint, self.done)
+
+    def run(self, grid: Grid) -> dict:
+        """FedAvg for the remaining rounds; returns the contents of rounds.json."""
+        f = self.cfg.federation
+        remaining = f.rounds - self.done
+        if remaining <= 0:
+            log(INFO, "%s: all %d rounds done", self.checkpoint, f.rounds)
+            return self._summary()
+        self.strategy = ScreenedFedAvg(
+            seed=self.cfg.train.seed,
+            max_update_norm=f.max_update_norm,
+            first_round=self.done + 1,
+            capture_dir=self.out / "captured",
+            capture_clients=f.capture_clients,
+            fraction_train=f.fraction_train,
+            fraction_evaluate=f.fraction_evaluate,
+            min_train_nodes=f.min_clients,
+            min_evaluate_nodes=f.min_clients if f.fraction_evaluate > 0 else 0,
+            min_available_nodes=f.min_clients,
+        )
+        port = int(self.options["metrics-port"])
+        self.metrics = ServerMetrics(str(self.options["metrics-address"]), port)
+        try:
+            self.strategy.start(
+                grid,
+                ArrayRecord(self.state),
+                num_rounds=remaining,
+                timeout=f.round_timeout,
+                evaluate_fn=self.evaluate,
+            )
+        finally:
+            self.metrics.close()
+        return self._summary()
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """After each round: verify the global model, record the round, checkpoint it."""
+        if server_round == 0 and self.done:
+            return None  # round `done` was evaluated before the restart
+        number = server_round + self.done
+        self.state = arrays.to_torch_state_dict()
+        report = evaluate_global(
+            self.cfg, self.data.faces, self.data.pairs, self.masking, self.state
+        )
+        record: dict[str, Any] = {"round": number, "accuracy": report["accuracy"]}
+        if number > 0:
+            stats = dict(self.strategy.round_stats)
+            record["seconds"] = time.perf_counter() - stats.pop("start")
+            record |= {k: v for k, v in stats.items() if k != "round"}
+            self.metrics.record_round(
+                number,
+                record["seconds"],
+                sampled=stats["sampled"],
+                succeeded=stats.get("succeeded", 0),
+                failed=stats.get("failed", 0),
+                rejected=stats.get("rejected"),
+                train_loss=stats.get("train", {}).get("loss"),
+                accuracy=report["accuracy"],
+                k_histogram=stats.get("k_histogram"),
+            )
+        record["verification"] = report
+        self.history.append(record)
+        log(INFO, "round %d: verification accuracy %.4f", number, report["accuracy"])
+        self._save(number)
+        return MetricRecord({"accuracy": report["accuracy"]})
+
+    def _save(self, number: int) -> None:
+        saved = {
+            "round": number,
+            "state": self.state,
+            "history": self.history,
+            "config": to_dict(self.cfg),
+        }
+        atomic_write(self.checkpoint, lambda tmp: torch.save(saved, tmp))
+        text = json.dumps(self._summary(), indent=2)
+        atomic_write(self.out / "rounds.json", lambda tmp: tmp.write_text(text))
+
+    def _summary(self) -> dict:
+        return {
+            "method": self.cfg.masking.method,
+            "final_accuracy": self.history[-1]["accuracy"] if self.history else None,
+            "rounds": self.history,
+            "checkpoint": str(self.checkpoint),
+            "config": to_dict(self.cfg),
+        }

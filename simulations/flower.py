@@ -1,0 +1,158 @@
+"""Launch this project's Flower app with `flwr run` on the Ray simulation backend, offline.
+
+Each launch gets its own FLWR_HOME (`flwr_home/` in the run folder) and free ports, so launches
+never collide; it writes the whole run config as `run_config.toml` in the run folder and stops the
+SuperLink that `flwr run` started (by the PID of the process whose command line names that
+FLWR_HOME), with the simulation it runs, however the run ends. Linux: processes are read from /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ahm_core.config import AHMConfig, to_flat
+from ahm_core.federated import APP_DEFAULTS
+
+PROJECT = Path(__file__).resolve().parents[1]  # holds pyproject.toml's [tool.flwr.app]
+FLWR_HOME = "flwr_home"  # each launch's FLWR_HOME, in its run folder
+OFFLINE = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config(cfg: AHMConfig, out_dir: Path, **options: Any) -> dict[str, Any]:
+    """The flat Flower run config of `cfg` plus the app options (APP_DEFAULTS keys)."""
+    unknown = sorted(set(options) - set(APP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown app option; expected one of {list(APP_DEFAULTS)}")
+    return {**to_flat(cfg), **APP_DEFAULTS, "out-dir": str(out_dir.resolve()), **options}
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    """The environment of an offline `flwr run` whose SuperLink lives in `home`."""
+    return {
+        **os.environ,
+        **OFFLINE,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def launch(
+    cfg: AHMConfig,
+    out_dir: str | Path,
+    supernodes: int,
+    cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
+    timeout: float | None = None,
+    stream: bool = True,
+    **options: Any,
+) -> dict:
+    """`flwr run` the federation `cfg` describes with `supernodes` clients; returns rounds.json.
+
+    `options` are app options (`metrics-port`, `client-state-dir`, `resume`, ...). Output goes
+    to this process's stdout unless `stream` is False; a failed run raises CalledProcessError.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = out_dir / "run_config.toml"
+    config_file.write_bytes(tomli_w.dumps(run_config(cfg, out_dir, **options)).encode())
+    federation = (
+        f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client} "
+        f"client-resources-num-gpus={gpus_per_client}"
+    )
+    home = out_dir / FLWR_HOME  # a killed launch's SuperLink is found by it, see stop_superlink
+    stop_superlink(home)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT), "--stream"]
+    command += ["--run-config", str(config_file), "--federation-config", federation]
+    output = None if stream else subprocess.DEVNULL
+    try:
+        subprocess.run(
+            command, env=flwr_env(home), check=True, timeout=timeout, stdout=output, stderr=output
+        )
+    finally:
+        stop_superlink(home)
+        shutil.rmtree(home, ignore_errors=True)
+    return json.loads((out_dir / "rounds.json").read_text())
+
+
+def _session(pid: int | str) -> int:
+    """The session id of a process (field 6 of /proc/PID/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[3])
+
+
+def _processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process this user can read."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            found.append((int(proc.name), (proc / "cmdline").read_bytes().decode(errors="replace")))
+    return found
+
+
+def superlink_pids(marker: str | Path) -> list[int]:
+    """PIDs of the SuperLink processes whose command line contains `marker` (a FLWR_HOME)."""
+    return [
+        pid
+        for pid, cmdline in _processes()
+        if "flower-superlink" in cmdline and str(marker) in cmdline
+    ]
+
+
+def stop_superlink(home: str | Path, grace: float = 10.0) -> None:
+    """Stop the SuperLink `flwr run` started for `home`, and what it started: SIGTERM, then
+    SIGKILL after `grace` seconds. The SuperLink runs detached, in a session of its own, so its
+    simulation and Ray processes are the rest of that session."""
+    leaders = superlink_pids(home)
+    sessions = set()
+    for pid in leaders:
+        with contextlib.suppress(OSError, ValueError):
+            sessions.add(_session(pid))
+    sessions &= set(leaders)  # only sessions a SuperLink leads
+    _terminate(leaders, grace)
+    members = []
+    for pid, _ in _processes():
+        with contextlib.suppress(OSError, ValueError):
+            if _session(pid) in sessions:
+                members.append(pid)
+    _terminate(members, grace)
+
+
+def _terminate(pids: list[int], grace: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,183 @@
+"""The Flower-free federated task: partitions, local rounds, client state, screening, faults."""
+
+import pytest
+import torch
+
+from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.federated import (
+    ClientStateStore,
+    InjectedFaultError,
+    client_data,
+    faulty_partitions,
+    federated_data,
+    initial_state,
+    inject_fault,
+    local_evaluate,
+    local_train,
+    pack_state,
+    run_masking,
+    screen_update,
+    split_run_config,
+    unpack_state,
+)
+from ahm_core.train import Trainer
+
+TINY = {
+    "data.image_size": 32,
+    "data.num_identities": 24,
+    "data.images_per_identity": 8,
+    "data.num_pairs": 200,
+    "data.test_fraction": 0.25,
+    "model.blocks": (1, 1),
+    "model.width": 8,
+    "model.embedding_size": 32,
+    "train.batch_size": 16,
+    "policy.k_set": (2, 3),
+    "policy.interval": 2,
+    "masking.method": "masking_adamixup",
+    "federation.rounds": 3,
+    "federation.val_fraction": 0.25,
+    "federation.eval_pairs": 40,
+}
+
+
+def tiny(**extra) -> AHMConfig:
+    return apply_overrides(AHMConfig(), {**TINY, **extra})
+
+
+def setup(cfg: AHMConfig, partition_id: int = 0, num_partitions: int = 2):
+    data = federated_data(cfg)
+    masking = run_masking(cfg, data)
+    return data, masking, client_data(cfg, data, partition_id, num_partitions)
+
+
+def test_partitions_are_disjoint_people_with_local_labels():
+    cfg = tiny()
+    data, _, first = setup(cfg, 0)
+    _, _, second = setup(cfg, 1)
+    people = [set(data.faces.labels[c.items].tolist()) for c in (first, second)]
+    assert people[0] and people[1] and not people[0] & people[1]
+    for client, ids in zip((first, second), people, strict=True):
+        assert client.num_classes == len(ids)
+        assert sorted(client.labels.unique().tolist()) == list(range(len(ids)))
+        assert client.val_pairs is not None
+    held_out = set(data.faces.labels[data.pairs.left].tolist())
+    assert not held_out & (people[0] | people[1])
+    with pytest.raises(ValueError, match="partition-id"):
+        client_data(cfg, data, 2, 2)
+
+
+def test_a_shared_head_spans_every_training_identity():
+    cfg = tiny(**{"federation.share_head": True})
+    data, masking, client = setup(cfg)
+    assert client.num_classes == data.num_classes
+    state = initial_state(cfg, masking, data)
+    assert state["head.weight"].shape[0] == data.num_classes
+    result = local_train(cfg, data, client, masking, state, 1)
+    assert result.shared.keys() == state.keys()
+
+
+def test_a_local_round_trains_only_the_backbone_it_shares():
+    cfg = tiny()
+    data, masking, client = setup(cfg)
+    start = initial_state(cfg, masking, data)
+    assert all(k.startswith("backbone.") for k in start)
+    result = local_train(cfg, data, client, masking, start, 1)
+    assert result.shared.keys() == start.keys()
+    assert any(not torch.equal(result.shared[k], start[k]) for k in start)
+    m = result.metrics
+    assert m["num-examples"] == len(client.items) and m["partition-id"] == 0
+    assert m["k-values"] == [2, 3] and sum(m["k-counts"]) > 0
+    assert 0 < m["loss"] < 100 and m["images-per-s"] > 0
+    local = local_evaluate(cfg, data, client, masking, result.shared)
+    assert local["num-examples"] == len(client.val_pairs) and 0 <= local["accuracy"] <= 1
+
+
+def test_client_state_carries_head_optimiser_policy_and_rngs_exactly():
+    """Round 2 from unpacked bytes equals round 2 from the state the client kept."""
+    cfg = tiny()
+    data, masking, client = setup(cfg)
+    start = initial_state(cfg, masking, data)
+    first = local_train(cfg, data, client, masking, start, 1)
+    again = local_train(cfg, data, client, masking, first.shared, 2, first.state)
+    replay = local_train(cfg, data, client, masking, first.shared, 2, bytes(first.state))
+    assert all(torch.equal(again.shared[k], replay.shared[k]) for k in start)
+    fresh = local_train(cfg, data, client, masking, first.shared, 2)
+    assert any(not torch.equal(again.shared[k], fresh.shared[k]) for k in start)
+    saved = unpack_state(first.state)
+    assert "backbone" not in saved and saved["policy"] is not None and saved["optimizer"]["state"]
+
+
+def test_seek_joins_the_schedule_at_an_epoch():
+    cfg = tiny(**{"train.epochs": 4, "train.warmup_epochs": 1})
+    data, masking, client = setup(cfg)
+    stepped = Trainer(cfg, masking, client.num_classes, 3)
+    for _ in range(6):
+        stepped.optimizer.step()
+        stepped.scheduler.step()
+    sought = Trainer(cfg, masking, client.num_classes, 3)
+    sought.seek(2)
+    assert sought.epoch == 2
+    assert sought.optimizer.param_groups[0]["lr"] == pytest.approx(
+        stepped.optimizer.param_groups[0]["lr"]
+    )
+    assert sought.scheduler.last_epoch == stepped.scheduler.last_epoch
+
+
+def test_screening_rejects_non_finite_large_and_malformed_updates():
+    base = {"w": torch.zeros(3, 3), "count": torch.tensor(5)}
+    near = {"w": torch.full((3, 3), 0.1), "count": torch.tensor(9)}
+    assert screen_update(base, near, max_norm=1.0) is None
+    assert screen_update(base, {**near, "w": near["w"] * 10}, max_norm=1.0) == "norm"
+    bad = near["w"].clone()
+    bad[1, 1] = float("inf")
+    assert screen_update(base, {**near, "w": bad}, max_norm=1.0) == "non_finite"
+    assert screen_update(base, {"w": near["w"]}, max_norm=1.0) == "malformed"
+    assert screen_update(base, {**near, "w": torch.zeros(2)}, max_norm=1.0) == "malformed"
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang", "nan", "explode"])
+def test_faults_fail_as_configured(mode):
+    cfg = tiny(
+        **{
+            "federation.fault_fraction": 0.25,
+            "federation.fault_mode": mode,
+            "federation.fault_seconds": 0.05,
+        }
+    )
+    faulty = faulty_partitions(cfg, 8)
+    assert len(faulty) == 2 and faulty == faulty_partitions(cfg, 8) and faulty <= set(range(8))
+    shared = {"w": torch.ones(2, 2), "n": torch.tensor(3)}
+    if mode in ("raise", "hang"):
+        with pytest.raises(InjectedFaultError, match=mode):
+            inject_fault(cfg, shared)
+        return
+    reason = screen_update(shared, inject_fault(cfg, shared), max_norm=1e4)
+    assert reason == {"nan": "non_finite", "explode": "norm"}[mode]
+    assert torch.equal(shared["w"], torch.ones(2, 2))
+
+
+def test_client_state_store_keeps_what_a_restart_needs(tmp_path):
+    store = ClientStateStore(tmp_path, 3)
+    assert store.load_before(1) is None
+    for r in (1, 2, 4):
+        store.save(r, f"state {r}".encode())
+    assert store.load_before(4) == b"state 2"  # a restart that redoes round 4
+    assert store.load_before(5) == b"state 4"
+    assert sorted(p.name for p in store.folder.iterdir()) == ["round_0002.pt", "round_0004.pt"]
+
+
+def test_run_config_splits_into_config_and_app_options():
+    cfg, options = split_run_config({"mixup.k": 3, "out-dir": "/tmp/x", "metrics-port": 9100})
+    assert cfg.mixup.k == 3 and options["out-dir"] == "/tmp/x" and options["metrics-port"] == 9100
+    assert options["resume"] is True and options["client-state-dir"] == ""
+    with pytest.raises(ValueError, match="mixup.kk"):
+        split_run_config({"mixup.kk": 3})
+
+
+def test_pack_state_leaves_the_backbone_out():
+    cfg = tiny()
+    data, masking, client = setup(cfg)
+    trainer = Trainer(cfg, masking, client.num_classes, 2)
+    state = unpack_state(pack_state(trainer))
+    assert "backbone" not in state and "head" in state
