@@ -1,4 +1,5 @@
-"""Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction."""
+"""Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction, gradient
+inversion of shared updates, white-box demixing with PPFR-FD inversion, GMI model inversion."""
 
 from ahm_core.attacks.cgan import (
     AttackSet,
@@ -13,17 +14,79 @@ from ahm_core.attacks.cgan import (
     save_reconstruction_grid,
     unet_levels,
 )
+from ahm_core.attacks.demix import (
+    DemixOptions,
+    DemixResult,
+    cluster_components,
+    demix,
+    invert_ppfr,
+    ppfr_forward,
+    recover_components,
+    recovery_report,
+    remove_plane,
+    similarity_graph,
+)
+from ahm_core.attacks.gradient_inversion import (
+    InversionOptions,
+    InversionResult,
+    TrainingLoss,
+    invert_gradients,
+    match_and_score,
+    recover_labels,
+    simulate_update,
+)
+from ahm_core.attacks.model_inversion import (
+    Discriminator,
+    Evaluator,
+    GANPrior,
+    Generator,
+    GMIOptions,
+    attack_report,
+    differentiable_encode,
+    invert_identities,
+    train_evaluator,
+    train_prior,
+    white_box_logits,
+)
 
 __all__ = [
     "AttackSet",
     "CGANAttack",
     "CGANOptions",
+    "DemixOptions",
+    "DemixResult",
+    "Discriminator",
+    "Evaluator",
+    "GANPrior",
+    "GMIOptions",
+    "Generator",
+    "InversionOptions",
+    "InversionResult",
     "PatchDiscriminator",
+    "TrainingLoss",
     "UnetGenerator",
     "attack_data",
+    "attack_report",
+    "cluster_components",
+    "demix",
+    "differentiable_encode",
     "dominant_sources",
+    "invert_gradients",
+    "invert_identities",
+    "invert_ppfr",
     "mask_for_attack",
+    "match_and_score",
+    "ppfr_forward",
+    "recover_components",
+    "recover_labels",
+    "recovery_report",
+    "remove_plane",
     "sample_ks",
     "save_reconstruction_grid",
+    "similarity_graph",
+    "simulate_update",
+    "train_evaluator",
+    "train_prior",
     "unet_levels",
+    "white_box_logits",
 ]

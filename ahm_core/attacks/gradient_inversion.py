@@ -1,0 +1,229 @@
+"""Gradient inversion of a client's shared update (DESIGN section 4.2; Geiping et al. 2020).
+
+"Inverting Gradients" with breaching's split into who shares what (`simulate_update`), the
+attack (`invert_gradients`) and the analysis (`match_and_score`). The attacker holds the model and
+the update and optimises a batch whose update has the smallest cosine distance to the observed
+one, plus a total variation prior: Adam on signed gradients, step decay, random restarts, the best
+kept.
+
+The model is `TrainingLoss`, or any module with forward(x, labels, coefs) -> per-sample loss [B]
+(labels and coefs [B, k], as `MixUpArcFace` takes them). On masked data the attack recovers the
+masked (mixed) batch, what the network saw, not the faces.
+
+Cases: FedSGD shares the gradient of the batch's mean loss; FedAvg shares w_before - w_after
+after E plain SGD steps on the same batch (no momentum or weight decay), which the attacker unrolls
+differentiably, like breaching's multi-step user. Updates are kept in gradient-equivalent form,
+(w_before - w_after) / local_lr: the gradient itself when E = 1.
+
+Batch norm: both functions run `net` in the mode it is in. In train mode, as the client trained,
+each forward uses the batch's own statistics, so the attacker reproduces the client's forward
+exactly; running statistics are copied per forward, so neither function changes the model, and
+they are not part of the matched update. Dropout draws cannot be reproduced: attack without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
+
+
+@dataclass(frozen=True)
+class InversionOptions:
+    """The attack's budget and prior, and the client's local training it simulates."""
+
+    iterations: int = 300
+    lr: float = 0.1
+    restarts: int = 2
+    tv: float = 0.1  # weight of the total variation prior
+    seed: int = 0
+    local_steps: int = 1  # E: 1 is FedSGD
+    local_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        if min(self.iterations, self.restarts, self.local_steps) < 1:
+            raise ValueError("iterations, restarts and local_steps must be >= 1")
+        if self.lr <= 0 or self.local_lr <= 0 or self.tv < 0:
+            raise ValueError(f"need lr > 0, local_lr > 0, tv >= 0; got {self}")
+
+
+class InversionResult(NamedTuple):
+    """A reconstructed batch x, the labels and coefs it was fitted with, its loss and the trace."""
+
+    x: Tensor
+    labels: Tensor
+    coefs: Tensor
+    loss: float
+    trace: list[float]
+
+
+class TrainingLoss(nn.Module):
+    """Backbone and head as one module: per-sample loss of inputs with labels and coefs [B, k]."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: Tensor, labels: Tensor, coefs: Tensor) -> Tensor:
+        """Per-sample loss [B], as the AHM client trains on it."""
+        return self.head(self.backbone(x), labels, coefs)
+
+
+def _client_update(
+    net: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    labels: Tensor,
+    coefs: Tensor,
+    options: InversionOptions,
+    create_graph: bool,
+) -> list[Tensor]:
+    """(w_before - w_after) / local_lr after E SGD steps from `params`, differentiable if asked."""
+    buffers = dict(net.named_buffers())
+    current = dict(params)
+    for _ in range(options.local_steps):
+        state = {**current, **{name: b.clone() for name, b in buffers.items()}}
+        loss = functional_call(net, state, (x, labels, coefs)).mean()
+        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+        current = {
+            name: p - options.local_lr * g
+            for (name, p), g in zip(current.items(), grads, strict=True)
+        }
+    return [(params[name] - current[name]) / options.local_lr for name in params]
+
+
+def _start(net: nn.Module) -> dict[str, Tensor]:
+    """Detached copies of the parameters, to differentiate through without touching the model."""
+    return {name: p.detach().requires_grad_() for name, p in net.named_parameters()}
+
+
+def simulate_update(
+    net: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    coefs: Tensor,
+    options: InversionOptions = InversionOptions(),
+) -> Update:
+    """The update a client shares after training on (x, labels, coefs): what the attacker sees."""
+    params = _start(net)
+    update = _client_update(net, params, x, labels, coefs, options, create_graph=False)
+    return {name: u.detach() for name, u in zip(params, update, strict=True)}
+
+
+def recover_labels(head_grad: Tensor, count: int) -> Tensor:
+    """The `count` classes whose head-weight gradient rows sum lowest (iDLG), lowest first.
+
+    A class in the batch pulls its row towards the batch's features, so with non-negative
+    features (ReLU) its row sums negative. Limits: classes are distinct, so a label repeated in
+    the batch shows once; on mixed data the k labels of every sample show up, not which sample
+    mixes which, nor the coefficients (`invert_gradients` fits those given the candidates); a
+    cosine head (ArcFace) normalises features and weights, which voids the sign argument, so
+    there the recovered labels are unreliable: give them.
+    """
+    return head_grad.sum(dim=1).argsort()[:count]
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Mean absolute difference of neighbouring pixels: the prior that favours smooth images."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+def cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
+    """Mean over parameters of 1 - cosine, not Geiping et al.'s one cosine of the concatenation:
+    so no tensor's scale drowns the others' (ArcFace's head gradient dwarfs the first layer's)."""
+    distances = [
+        1.0 - F.cosine_similarity(u.flatten(), t.flatten(), dim=0)
+        for u, t in zip(update, target, strict=True)
+    ]
+    return torch.stack(distances).mean()
+
+
+def _fit(
+    net: nn.Module,
+    params: Mapping[str, Tensor],
+    target: list[Tensor],
+    x: Tensor,
+    labels: Tensor,
+    coefs: Tensor | None,
+    options: InversionOptions,
+) -> InversionResult:
+    """One restart from x: Adam on signed gradients with breaching's step decay."""
+    logits = torch.zeros(labels.shape, device=x.device, requires_grad=coefs is None)
+    free = [x.requires_grad_(), logits] if coefs is None else [x.requires_grad_()]
+    optimizer = torch.optim.Adam(free, lr=options.lr)
+    milestones = [int(options.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    trace = []
+    for _ in range(options.iterations):
+        weights = logits.softmax(dim=1) if coefs is None else coefs
+        fitted = _client_update(net, params, x, labels, weights, options, create_graph=True)
+        loss = cosine_distance(fitted, target) + options.tv * total_variation(x)
+        for tensor, grad in zip(free, torch.autograd.grad(loss, free), strict=True):
+            tensor.grad = grad
+        x.grad.sign_()  # Geiping et al.'s signed gradients
+        optimizer.step()
+        scheduler.step()
+        trace.append(float(loss.detach()))
+    weights = logits.softmax(dim=1) if coefs is None else coefs
+    return InversionResult(x.detach(), labels, weights.detach(), trace[-1], trace)
+
+
+def invert_gradients(
+    net: nn.Module,
+    update: Mapping[str, Tensor],
+    input_shape: tuple[int, ...],
+    labels: Tensor | None = None,
+    coefs: Tensor | None = None,
+    options: InversionOptions = InversionOptions(),
+) -> InversionResult:
+    """Reconstruct the batch of `input_shape` whose update best matches `update`, best restart.
+
+    Labels [B, k] are given (the threat model may let the attacker see them) or, if None,
+    recovered from the gradient of the last 2-D parameter (the head's weight), one per sample.
+    Coefs [B, k] are given or, if None, fitted jointly with x as softmax(logits) per sample: on
+    mixed data with unknown pairing and coefficients, pass every sample the recovered candidates,
+    `recover_labels(head_grad, m).expand(B, -1)`.
+    """
+    target = [update[name] for name, _ in net.named_parameters()]
+    if labels is None:
+        head = [g for g in target if g.ndim == 2][-1]
+        labels = recover_labels(head, input_shape[0])[:, None]
+    params = _start(net)
+    device = target[0].device
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    starts = [
+        torch.randn(input_shape, generator=generator, device=device)
+        for _ in range(options.restarts)
+    ]
+    runs = [_fit(net, params, target, x, labels, coefs, options) for x in starts]
+    return min(runs, key=lambda run: run.loss)
+
+
+def match_and_score(reconstructed: Tensor, truth: Tensor) -> dict[str, Tensor]:
+    """Per true sample: the matched reconstruction (Hungarian on cosine), its cosine and PSNR.
+
+    A batch is recovered as a set, so samples pair up to maximise the total cosine. PSNR uses
+    each true sample's value range as the peak, so it also suits masked tensors of any scale.
+    """
+    flat_rec, flat_true = reconstructed.flatten(1).double(), truth.flatten(1).double()
+    similarity = F.normalize(flat_true, dim=1) @ F.normalize(flat_rec, dim=1).T
+    _, order = linear_sum_assignment(similarity.cpu().numpy(), maximize=True)
+    order = torch.as_tensor(order, device=truth.device)
+    matched = flat_rec[order]
+    peak = flat_true.amax(dim=1) - flat_true.amin(dim=1)
+    mse = (matched - flat_true).pow(2).mean(dim=1)
+    return {
+        "order": order,
+        "cosine": (F.normalize(matched, dim=1) * F.normalize(flat_true, dim=1)).sum(dim=1).float(),
+        "psnr": (10.0 * torch.log10(peak.pow(2) / mse)).float(),
+    }
