@@ -172,6 +172,18 @@ class AttackConfig:
     ngf: int = field(default=64, metadata=_positive())
     ndf: int = field(default=64, metadata=_positive())
     lpips_calibrated: bool = True  # False: random AlexNet, every output marked uncalibrated
+    # The threat report (ahm_core.threat): the defences compared and each adversary's budget.
+    defences: tuple[str, ...] = ("arcface", "ppfr_fd", "masking_mixup", "masking_adamixup")
+    gi_batch: int = field(default=4, metadata={"min": 2})  # images in the inverted update
+    gi_iterations: int = field(default=300, metadata=_positive())
+    gi_restarts: int = field(default=2, metadata=_positive())
+    gi_local_steps: int = field(default=1, metadata=_positive())  # 1: FedSGD; E > 1: FedAvg
+    demix_images: int = field(default=24, metadata={"min": 4})  # private images mixed
+    demix_rounds: int = field(default=3, metadata=_positive())  # mixes each image appears in
+    gmi_targets: int = field(default=4, metadata=_positive())  # identities model-inverted
+    gmi_gan_epochs: int = field(default=50, metadata=_positive())
+    gmi_iterations: int = field(default=300, metadata=_positive())
+    gmi_restarts: int = field(default=2, metadata=_positive())
 
 
 @dataclass
@@ -226,6 +238,8 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("model.backbone", cfg.model.backbone, BACKBONES)
     _choice("federation.partition", cfg.federation.partition, PARTITIONS)
     _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
+    for defence in cfg.attack.defences:
+        _choice("attack.defences", defence, METHODS)
     if cfg.data.source != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
     size = cfg.data.image_size

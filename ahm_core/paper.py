@@ -21,11 +21,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ahm_core.attacks.cgan import CGANAttack, CGANOptions, attack_data, save_reconstruction_grid
+from ahm_core.attacks.cgan import (
+    AttackSet,
+    CGANAttack,
+    CGANOptions,
+    attack_data,
+    save_reconstruction_grid,
+)
 from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.experiment import masking_for_run, run_centralized
 from ahm_core.io import atomic_write
+from ahm_core.masking import MaskingPipeline
 from ahm_core.metrics import (
     LPIPS,
     attack_effect,
@@ -132,15 +139,9 @@ def privacy_metrics(
     )
     originals = victim_set.targets
     renders = pipeline.render(victim_set.masked)
-    feature = _feature_model(arcface, cfg, device)
+    feature = feature_model(arcface, cfg, device)
     lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
-    attack = CGANAttack(
-        pipeline.in_channels,
-        cfg.data.image_size,
-        options=CGANOptions.from_config(cfg.attack, cfg.train.seed),
-        device=device,
-    )
-    attack.fit(aux_set.masked, aux_set.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
+    attack = train_cgan(cfg, pipeline, aux_set, device)
     reconstructions = attack.reconstruct(victim_set.masked)
     # The floor an attack must beat: the attacker's mean face, whatever the masked input.
     mean_face = aux_set.targets.mean(dim=0, keepdim=True).expand_as(originals)
@@ -171,7 +172,28 @@ def privacy_metrics(
     }
 
 
-def _feature_model(
+def train_cgan(
+    cfg: AHMConfig, pipeline: MaskingPipeline, aux_set: AttackSet, device: torch.device
+) -> CGANAttack:
+    """The black-box CGAN of `cfg.attack`, trained on the attacker's auxiliary pairs."""
+    attack = CGANAttack(
+        pipeline.in_channels,
+        cfg.data.image_size,
+        options=CGANOptions.from_config(cfg.attack, cfg.train.seed),
+        device=device,
+    )
+    attack.fit(aux_set.masked, aux_set.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
+    return attack
+
+
+def reference_arcface(cfg: AHMConfig, folder: Path, epochs: int) -> dict:
+    """An unmasked ArcFace network trained centrally on cfg's data: the feature and evaluation
+    model of the privacy indices (resumable; returns its metrics.json)."""
+    overrides = {"masking.method": "arcface", "train.epochs": epochs}
+    return run_centralized(apply_overrides(cfg, overrides), folder)
+
+
+def feature_model(
     checkpoint: Path, cfg: AHMConfig, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
     """The ArcFace row's network as f: RGB images in [0, 1] -> embeddings (DESIGN D7)."""

@@ -15,10 +15,16 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ahm_core.config import METHODS, AHMConfig, apply_overrides
-from ahm_core.experiment import run_centralized
+from ahm_core.config import METHODS, AHMConfig
 from ahm_core.io import atomic_write
-from ahm_core.paper import attack_cell, fmt, md_table, privacy_metrics
+from ahm_core.paper import attack_cell, fmt, md_table, privacy_metrics, reference_arcface
+
+EVALUATOR = "evaluator"  # the run folder's unmasked ArcFace feature model
+
+
+def client_epochs(cfg: AHMConfig) -> int:
+    """Epochs a client trains over the whole run: the reference network trains as many."""
+    return cfg.federation.rounds * cfg.federation.local_epochs
 
 
 def k_proportions(summary: dict) -> dict[str, float] | None:
@@ -37,12 +43,8 @@ def federated_report(
 ) -> Path:
     """Train the evaluator, attack the run's masking, write report.md and report.json."""
     out_dir = Path(out_dir)
-    f = cfg.federation
-    evaluator_cfg = apply_overrides(
-        cfg, {"masking.method": "arcface", "train.epochs": f.rounds * f.local_epochs}
-    )
     log("privacy report: training the unmasked ArcFace feature model (evaluator/)")
-    evaluator = run_centralized(evaluator_cfg, out_dir / "evaluator")
+    evaluator = reference_arcface(cfg, out_dir / EVALUATOR, client_epochs(cfg))
     log("privacy report: masking effect, CGAN attack and identity leakage")
     proportions = k_proportions(summary)
     adaptive = METHODS[cfg.masking.method].mixing == "adaptive"

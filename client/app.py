@@ -52,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state[STATE_KEY] = ConfigRecord({"trainer": result.state, "round": server_round})
     if options["client-state-dir"]:
         store.save(server_round, result.state)
-    return _reply(msg, result.shared, result.metrics)
+    return _reply(msg, result.shared, {**result.metrics, "num-partitions": num_partitions})
 
 
 @app.evaluate()

@@ -35,12 +35,20 @@ class FederatedRunConfig(RunConfig):
     report: bool = False  # afterwards, the privacy report on the final model (CGAN attack)
 
 
+@dataclass
+class ThreatRunConfig(FederatedRunConfig):
+    """FederatedRunConfig plus the finished run `simulations.threat_model` attacks."""
+
+    run: str = ""  # a federated run folder; "": make one first, with this config
+
+
 def register() -> None:
-    """Make the schemas available to `defaults` lists as `ahm_schema` and
-    `ahm_federated_schema`."""
+    """Make the schemas available to `defaults` lists: ahm_schema, ahm_federated_schema and
+    ahm_threat_schema."""
     store = ConfigStore.instance()
     store.store(name="ahm_schema", node=RunConfig)
     store.store(name="ahm_federated_schema", node=FederatedRunConfig)
+    store.store(name="ahm_threat_schema", node=ThreatRunConfig)
 
 
 def split_run_config(hcfg: DictConfig, prog: str) -> tuple[AHMConfig, dict[str, Any]]:

@@ -110,7 +110,7 @@ def test_client_state_carries_head_optimiser_policy_and_rngs_exactly():
 
 def test_seek_joins_the_schedule_at_an_epoch():
     cfg = tiny(**{"train.epochs": 4, "train.warmup_epochs": 1})
-    data, masking, client = setup(cfg)
+    _, masking, client = setup(cfg)
     stepped = Trainer(cfg, masking, client.num_classes, 3)
     for _ in range(6):
         stepped.optimizer.step()
@@ -171,13 +171,13 @@ def test_run_config_splits_into_config_and_app_options():
     cfg, options = split_run_config({"mixup.k": 3, "out-dir": "/tmp/x", "metrics-port": 9100})
     assert cfg.mixup.k == 3 and options["out-dir"] == "/tmp/x" and options["metrics-port"] == 9100
     assert options["resume"] is True and options["client-state-dir"] == ""
-    with pytest.raises(ValueError, match="mixup.kk"):
+    with pytest.raises(ValueError, match=r"mixup\.kk"):
         split_run_config({"mixup.kk": 3})
 
 
 def test_pack_state_leaves_the_backbone_out():
     cfg = tiny()
-    data, masking, client = setup(cfg)
+    _, masking, client = setup(cfg)
     trainer = Trainer(cfg, masking, client.num_classes, 2)
     state = unpack_state(pack_state(trainer))
     assert "backbone" not in state and "head" in state
