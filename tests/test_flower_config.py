@@ -1,8 +1,8 @@
 """pyproject.toml's Flower app config: every schema key, the values of `profile=federated`."""
 
-import tomllib
 from pathlib import Path
 
+import tomli
 from hydra import compose, initialize_config_dir
 
 from ahm_core.config import to_flat
@@ -24,7 +24,7 @@ def flatten(table: dict, prefix: str = "") -> dict:
 
 
 def test_pyproject_runs_the_federated_profile_with_every_key():
-    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    app = tomli.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
     flat = flatten(app["config"])
     with initialize_config_dir(config_dir=str(ROOT / "simulations/conf"), version_base=None):
