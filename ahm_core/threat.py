@@ -152,15 +152,16 @@ def _defence_row(ctx: _Context, defence: str, log: Log) -> dict:
     return row
 
 
-def _network(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline, classes: int) -> nn.Module:
-    """Backbone (the captured global one for the run's defence, else seeded) and a seeded head,
-    in train mode as the client trains, dropout off (its draws cannot be replayed)."""
+def _network(
+    cfg: AHMConfig, pipeline: MaskingPipeline, classes: int, state: dict[str, Tensor] | None
+) -> nn.Module:
+    """Backbone (from the shared `state` when given, else seeded) and a seeded head, in train
+    mode as the client trains, dropout off (its draws cannot be replayed)."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model, pipeline.in_channels, cfg.data.image_size)
-    captured = ctx.captured_global() if cfg.masking.method == ctx.cfg.masking.method else None
-    if captured is not None:
-        backbone.load_state_dict(_section(captured, "backbone"))
-    net = TrainingLoss(backbone, build_head(cfg.model, classes)).to(ctx.device).train()
+    if state is not None:
+        backbone.load_state_dict(_section(state, "backbone"))
+    net = TrainingLoss(backbone, build_head(cfg.model, classes)).train()
     for module in net.modules():
         if isinstance(module, nn.Dropout):
             module.eval()
@@ -187,7 +188,10 @@ def _gradient_inversion(
     masked = victim_set.masked.to(ctx.device)
     # The client's batch: the same mix, with the labels and coefficients its loss used.
     mixed_labels, coefs = labels[victim_set.index], victim_set.coefs
-    net = _network(ctx, cfg, pipeline, classes)
+    # The run's own defence is attacked at the global model a captured client started from.
+    own = cfg.masking.method == ctx.cfg.masking.method
+    captured = ctx.captured_global() if own else None
+    net = _network(cfg, pipeline, classes, captured).to(ctx.device)
     options = InversionOptions(
         iterations=a.gi_iterations,
         restarts=a.gi_restarts,
@@ -228,7 +232,7 @@ def _gradient_inversion(
         "perfect_inversion_rank1": perfect["rank1"],
         **attack_effect(originals, chained, ctx.lpips, ctx.feature),
         "grid": str(folder / "gradient_inversion.png"),
-        "model": "captured global" if ctx.captured_global() is not None else "initial",
+        "model": "initial" if captured is None else "captured global",
     }
 
 

@@ -30,15 +30,14 @@ from pathlib import Path
 
 import deploy
 import pytest
+import tomli
 import tomli_w
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+from server.metrics import ServerMetrics
+from simulations.flower import OFFLINE, free_port, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -46,11 +45,6 @@ BIN = Path(sys.executable).parent
 OVERLAYS = ["with-tls.yml", "gpu.yml"]
 CLI = {"superlink": "flower-superlink", "supernode": "flower-supernode"}
 CLI_SUPEREXEC = "flower-superexec"
-ENV_FLOWER = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -145,7 +139,7 @@ def node_config(command: list[str]) -> dict[str, int]:
 
 def flwr_requirement() -> Requirement:
     with (ROOT / "pyproject.toml").open("rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
+        deps = tomli.load(f)["project"]["dependencies"]
     reqs = [Requirement(d) for d in deps]
     (flwr,) = [r for r in reqs if r.name == "flwr"]
     return flwr
@@ -291,7 +285,7 @@ def test_prometheus_scrapes_the_serverapp_metrics_port():
         t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
     ]
     with (DOCKER / "run-config.toml").open("rb") as f:
-        run_config = tomllib.load(f)
+        run_config = tomli.load(f)
     port = run_config["metrics-port"]
     assert port == 9400
     assert run_config["metrics-address"] == "0.0.0.0"
@@ -313,11 +307,9 @@ def flatten(table: dict, prefix: str = "") -> dict:
 
 def test_run_config_keys_exist_in_pyproject():
     with (ROOT / "pyproject.toml").open("rb") as f:
-        app_config = tomllib.load(f).get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    if app_config is None:
-        pytest.skip("pyproject.toml has no [tool.flwr.app.config] yet")
+        app_config = tomli.load(f)["tool"]["flwr"]["app"]["config"]
     with (DOCKER / "run-config.toml").open("rb") as f:
-        overrides = flatten(tomllib.load(f))
+        overrides = flatten(tomli.load(f))
     known = flatten(app_config)
     assert set(overrides) <= set(known), f"unknown run-config keys: {set(overrides) - set(known)}"
     for key, value in overrides.items():
@@ -397,7 +389,7 @@ def cli_flags(binary: str) -> set[str]:
     exe = BIN / binary
     if not exe.exists():
         pytest.skip(f"{binary} not installed in this environment")
-    env = {**os.environ, **ENV_FLOWER, "COLUMNS": "200"}
+    env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
     out = subprocess.run(
         [exe, "--help"], capture_output=True, text=True, env=env, timeout=120
     ).stdout
@@ -419,10 +411,9 @@ def test_every_flag_is_accepted_by_the_installed_flower(tmp_path):
 
 
 def test_grafana_dashboard_queries_metrics_the_server_exports():
-    metrics_mod = pytest.importorskip("server.metrics")
     from prometheus_client import generate_latest
 
-    m = metrics_mod.ServerMetrics()
+    m = ServerMetrics()
     m.record_round(1, 2.0, 2, 1, 1, {"norm": 1}, 0.5, 0.9, {2: 3})
     exported = set(re.findall(r"^(ahm_\w+)", generate_latest(m.registry).decode(), re.M))
     dashboard = json.loads((DOCKER / "grafana/dashboards/ahm.json").read_text())
@@ -583,8 +574,6 @@ def start_federation(d: Deployment, env: dict[str, str], metrics_port: int) -> l
     connection `ahm` and the run config; returns the `flwr run` command."""
     from test_flower_e2e import e2e
 
-    from simulations.flower import free_port, run_config
-
     tmp, group = d.tmp, d.group
 
     def home(name: str) -> dict[str, str]:  # each Flower process gets a FLWR_HOME of its own
@@ -675,13 +664,10 @@ def watch_metrics(d: Deployment, metrics_port: int, prometheus_port: int | None,
 def run_deployment(tmp: Path, tls: bool, prometheus: bool) -> Deployment:
     """A whole native deployment run; its processes are stopped by PID however it ends, and their
     logs printed when it fails."""
-    from simulations.flower import OFFLINE, free_port
 
-    if not (BIN / "flower-superlink").exists():
-        pytest.skip("flwr not installed in this environment")
     if tls and not (shutil.which("openssl") and shutil.which("ssh-keygen")):
         pytest.skip("openssl or ssh-keygen not installed (docker/certs/generate.sh needs them)")
-    env = {**os.environ, **ENV_FLOWER, **OFFLINE, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the SuperExecs are found on PATH
     d = Deployment(tmp, tls, prometheus, deploy.ProcessGroup(tmp / "logs", env))
     metrics_port = free_port()
