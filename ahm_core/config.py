@@ -38,6 +38,7 @@ METHODS: dict[str, MethodSpec] = {
     "instahide_rgb": MethodSpec("rgb", "instahide"),
 }
 BACKBONES = ("ir_se_50", "ir_se_small")
+POLICY_NETS = ("resnet18", "small")
 DATA_SOURCES = ("synthetic", "folder", "insightface")
 KEY_MODES = ("fixed", "per_image")
 CHANNEL_MIXINGS = ("adjacent", "none")
@@ -94,6 +95,7 @@ class PolicyConfig:
     """The strategy network choosing k per sample, trained with REINFORCE (DESIGN D6)."""
 
     k_set: tuple[int, ...] = (2, 3, 4, 5)
+    net: str = "resnet18"  # the strategy network: resnet18 (DESIGN D6) | small (CPU scale)
     per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
     alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
     beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
@@ -236,6 +238,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("masking.keys", cfg.masking.keys, KEY_MODES)
     _choice("masking.mixing", cfg.masking.mixing, CHANNEL_MIXINGS)
     _choice("model.backbone", cfg.model.backbone, BACKBONES)
+    _choice("policy.net", cfg.policy.net, POLICY_NETS)
     _choice("federation.partition", cfg.federation.partition, PARTITIONS)
     _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
     for defence in cfg.attack.defences:

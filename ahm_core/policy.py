@@ -22,34 +22,47 @@ whose deepest feature map is 1x1 therefore needs N >= 2.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from ahm_core.config import PolicyConfig
+from ahm_core.config import POLICY_NETS, PolicyConfig
 
-FEATURES = 512  # ResNet-18's width after the global average pool
+
+def _small_net(in_channels: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
+    """Three strided 3x3 conv layers (16, 32, 64 channels): a strategy network for CPU scale."""
+    layers: list[nn.Module] = []
+    for out in (16, 32, 64):
+        layers += [nn.Conv2d(in_channels, out, 3, 2, 1, bias=False), norm(out), nn.ReLU()]
+        in_channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 class StrategyNet(nn.Module):
-    """ResNet-18 over masked channels whose batch-averaged features give one logit per k."""
+    """A CNN over masked channels (ResNet-18 as in the paper, or `small`) whose batch-averaged
+    features give one logit per k."""
 
-    def __init__(self, in_channels: int, num_actions: int) -> None:
+    def __init__(self, in_channels: int, num_actions: int, arch: str = "resnet18") -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1 (masked channel count), got {in_channels}")
+        if arch not in POLICY_NETS:
+            raise ValueError(f"arch: expected one of {POLICY_NETS}, got {arch!r}")
         norm = functools.partial(nn.BatchNorm2d, track_running_stats=False)
-        net = resnet18(weights=None, norm_layer=norm)
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        net.fc = nn.Identity()
+        if arch == "resnet18":
+            net = resnet18(weights=None, norm_layer=norm)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            features, net.fc = net.fc.in_features, nn.Identity()
+        else:
+            net, features = _small_net(in_channels, norm), 64
         self.backbone = net
-        self.fc = nn.Linear(FEATURES, num_actions)
+        self.fc = nn.Linear(features, num_actions)
 
     def features(self, x: Tensor) -> Tensor:
-        """Per-sample features after the global average pool, [N, 512]."""
+        """Per-sample features after the global average pool, [N, F]."""
         return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -221,7 +234,7 @@ class AdaptivePolicy:
 
 def build_policy(cfg: PolicyConfig, in_channels: int) -> AdaptivePolicy:
     """A fresh policy for inputs of `in_channels` masked channels, configured by `cfg`."""
-    net = StrategyNet(in_channels, len(cfg.k_set))
+    net = StrategyNet(in_channels, len(cfg.k_set), cfg.net)
     return AdaptivePolicy(
         net,
         cfg.k_set,

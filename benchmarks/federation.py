@@ -2,13 +2,15 @@
 
 Runs `flwr run` with N SuperNodes (default 200; 20 sampled per round, a tiny model, 2 rounds)
 and prints, measured in the same run:
-- peak memory: the largest sum, over the run's lifetime, of the resident memory of every
-  process in the SuperLink's session (SuperLink, ServerApp, simulation, Ray and its actors);
+- peak memory: the largest sum, over the run's lifetime, of the resident memory of the
+  SuperLink and everything it started (SuperExec, ServerApp, simulation, Ray and its actors);
   shared pages count once per process, so this is an upper bound;
 - overhead per round = the round's training wall time / (sum of its clients' training times /
   parallelism), parallelism = min(CPUs // cpus-per-client, clients per round); target <= 1.25.
   A client's training time is its local epochs' loop; everything else a round spends (Flower
-  messaging, Ray scheduling, building the client's model and state) is overhead.
+  messaging, Ray scheduling, building the client's model and state) is overhead. Round 1 also
+  holds the simulation's start-up (each Ray worker imports torch and loads the data once), so the
+  steady state is round 2.
 
     .venv/bin/python benchmarks/federation.py
     .venv/bin/python benchmarks/federation.py --clients 1000 --local-epochs 4
@@ -17,6 +19,7 @@ and prints, measured in the same run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -24,31 +27,22 @@ import time
 from pathlib import Path
 
 from ahm_core.config import AHMConfig, apply_overrides
-from simulations.flower import FLWR_HOME, launch, superlink_pids
+from simulations.flower import FLWR_HOME, launch, run_processes
 
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _stat(pid: str) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()  # fields after the command name
-
-
-def session_rss_mib(session: int) -> float:
-    """Resident memory of every process in `session`, in MiB."""
+def rss_mib(pids: list[int]) -> float:
+    """Resident memory of the processes `pids`, in MiB (those gone since are skipped)."""
     total_kib = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = _stat(proc.name)
-            if int(fields[3]) == session:
-                total_kib += int((proc / "statm").read_text().split()[1]) * PAGE_KIB
-        except (OSError, IndexError, ValueError):
-            continue
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total_kib += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
     return total_kib / 1024
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident memory of the session of the SuperLink of `home` every `period` s."""
+    """Samples the resident memory of the run of FLWR_HOME `home` every `period` seconds."""
 
     def __init__(self, home: Path, period: float = 0.2) -> None:
         super().__init__(daemon=True)
@@ -58,17 +52,12 @@ class PeakMemory(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for pid in superlink_pids(self.home):
-                try:
-                    session = int(_stat(str(pid))[3])
-                except (OSError, IndexError, ValueError):
-                    continue
-                self.peak_mib = max(self.peak_mib, session_rss_mib(session))
+            self.peak_mib = max(self.peak_mib, rss_mib(run_processes(self.home)))
             time.sleep(self.period)
 
 
 def config(args: argparse.Namespace) -> AHMConfig:
-    """A tiny model on synthetic faces, one identity per client and 20 clients a round."""
+    """A tiny model and strategy network on synthetic faces, one identity per client."""
     return apply_overrides(
         AHMConfig(),
         {
@@ -85,6 +74,7 @@ def config(args: argparse.Namespace) -> AHMConfig:
             "masking.method": "masking_adamixup",
             "policy.k_set": (2, 3),
             "policy.interval": 2,
+            "policy.net": "small",
             "federation.rounds": 2,
             "federation.local_epochs": args.local_epochs,
             "federation.fraction_train": args.per_round / args.clients,
@@ -100,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--per-round", type=int, default=20)
-    parser.add_argument("--images", type=int, default=16, help="images per identity")
+    parser.add_argument("--images", type=int, default=40, help="images per identity")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--cpus-per-client", type=int, default=1)
     args = parser.parse_args()

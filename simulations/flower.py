@@ -102,18 +102,20 @@ def launch(
     return json.loads((out_dir / "rounds.json").read_text())
 
 
-def _session(pid: int | str) -> int:
-    """The session id of a process (field 6 of /proc/PID/stat)."""
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rindex(")") + 2 :].split()[3])
+    return text[text.rindex(")") + 2 :].split()
 
 
-def _processes() -> list[tuple[int, str]]:
-    """(pid, command line) of every process this user can read."""
-    found = []
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, session id, command line) of every process this user can read."""
+    found = {}
     for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            found.append((int(proc.name), (proc / "cmdline").read_bytes().decode(errors="replace")))
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat(proc.name)
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            found[int(proc.name)] = (int(fields[1]), int(fields[3]), cmdline)
     return found
 
 
@@ -121,28 +123,32 @@ def superlink_pids(marker: str | Path) -> list[int]:
     """PIDs of the SuperLink processes whose command line contains `marker` (a FLWR_HOME)."""
     return [
         pid
-        for pid, cmdline in _processes()
+        for pid, (_, _, cmdline) in _processes().items()
         if "flower-superlink" in cmdline and str(marker) in cmdline
     ]
 
 
+def run_processes(home: str | Path) -> list[int]:
+    """The SuperLink of `home` and everything it started: its descendants (SuperExec, the
+    simulation, Ray) and the rest of the sessions they lead (processes left behind detached)."""
+    table = _processes()
+    tree = set(superlink_pids(home))
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    sessions = {table[pid][1] for pid in tree if pid in table} & tree
+    return sorted(tree | {pid for pid, (_, sid, _) in table.items() if sid in sessions})
+
+
 def stop_superlink(home: str | Path, grace: float = 10.0) -> None:
-    """Stop the SuperLink `flwr run` started for `home`, and what it started: SIGTERM, then
-    SIGKILL after `grace` seconds. The SuperLink runs detached, in a session of its own, so its
-    simulation and Ray processes are the rest of that session."""
+    """Stop the SuperLink `flwr run` started for `home` and what it started (`run_processes`):
+    SIGTERM to the SuperLink, then to what is left; SIGKILL after `grace` seconds each time."""
+    members = run_processes(home)
     leaders = superlink_pids(home)
-    sessions = set()
-    for pid in leaders:
-        with contextlib.suppress(OSError, ValueError):
-            sessions.add(_session(pid))
-    sessions &= set(leaders)  # only sessions a SuperLink leads
     _terminate(leaders, grace)
-    members = []
-    for pid, _ in _processes():
-        with contextlib.suppress(OSError, ValueError):
-            if _session(pid) in sessions:
-                members.append(pid)
-    _terminate(members, grace)
+    _terminate([pid for pid in members if pid not in leaders], grace)
 
 
 def _terminate(pids: list[int], grace: float) -> None:

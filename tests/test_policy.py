@@ -36,18 +36,23 @@ def entropy(pmf: torch.Tensor) -> float:
     return float(-(pmf * pmf.log()).sum())
 
 
-@pytest.mark.parametrize(("n", "size"), [(8, 32), (2, 112)])
-def test_strategy_net_gives_one_logit_vector_per_batch(n, size):
+@pytest.mark.parametrize(
+    ("n", "size", "arch", "width"),
+    [(8, 32, "resnet18", 512), (2, 112, "resnet18", 512), (8, 32, "small", 64)],
+)
+def test_strategy_net_gives_one_logit_vector_per_batch(n, size, arch, width):
     torch.manual_seed(0)
-    net = StrategyNet(C, len(K_SET))
+    net = StrategyNet(C, len(K_SET), arch)
     x = batch(n, size)
     logits = net(x)
     assert logits.shape == (len(K_SET),)
     features = net.features(x)
-    assert features.shape == (n, 512)
+    assert features.shape == (n, width)
     # The batch is averaged before the FC, not after it (equal here only because FC is affine).
     torch.testing.assert_close(logits, net.fc(features.mean(dim=0)))
     assert not torch.allclose(logits, net.fc(features[0]))
+    with pytest.raises(ValueError, match="arch"):
+        StrategyNet(C, len(K_SET), "resnet50")
 
 
 def test_pmf_is_a_distribution_over_the_whole_batch():
