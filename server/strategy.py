@@ -53,6 +53,18 @@ class ScreenedFedAvg(FedAvg):
         size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
         return random.Random(self.seed * 1_000_003 + server_round).sample(sorted(nodes), size)
 
+    def _messages(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: list[int],
+        server_round: int,
+        kind: str,
+    ) -> Iterable[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, kind)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -62,12 +74,7 @@ class ScreenedFedAvg(FedAvg):
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, server_round)
         self.round_stats = {"round": server_round, "start": time.perf_counter()}
         self.round_stats["sampled"] = len(nodes)
-        config["server-round"] = server_round
-        return self._construct_messages(
-            _record(arrays, config, self.arrayrecord_key, self.configrecord_key),
-            nodes,
-            MessageType.TRAIN,
-        )
+        return self._messages(arrays, config, nodes, server_round, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -120,12 +127,7 @@ class ScreenedFedAvg(FedAvg):
             return []
         server_round += self.offset
         nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, -server_round)
-        config["server-round"] = server_round
-        return self._construct_messages(
-            _record(arrays, config, self.arrayrecord_key, self.configrecord_key),
-            nodes,
-            MessageType.EVALUATE,
-        )
+        return self._messages(arrays, config, nodes, server_round, MessageType.EVALUATE)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -154,12 +156,6 @@ class ScreenedFedAvg(FedAvg):
         path = self.capture_dir / f"round_{server_round:04d}" / f"partition_{partition_id}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: torch.save(record, tmp))
-
-
-def _record(
-    arrays: ArrayRecord, config: ConfigRecord, arrays_key: str, config_key: str
-) -> RecordDict:
-    return RecordDict({arrays_key: arrays, config_key: config})
 
 
 def _arrays(msg: Message) -> ArrayRecord:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ahm_core.config import AHMConfig
 from ahm_core.report import federated_report
 from simulations.flower import launch
 from simulations.schema import register, split_run_config
@@ -24,13 +26,11 @@ PROG = "federated"
 register()
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="federated")
-def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg, PROG)
-    logging.getLogger("ahm_core").setLevel(logging.INFO)
-    out = Path(HydraConfig.get().runtime.output_dir)
+def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str) -> dict:
+    """`flwr run` of cfg with the launch options of FederatedRunConfig, writing under `out`;
+    a failed run ends the program with one line."""
     try:
-        summary = launch(
+        return launch(
             cfg,
             out,
             supernodes=options["supernodes"],
@@ -44,7 +44,15 @@ def main(hcfg: DictConfig) -> None:
             },
         )
     except subprocess.CalledProcessError as err:
-        raise SystemExit(f"{PROG}: flwr run failed with exit status {err.returncode}") from None
+        raise SystemExit(f"{prog}: flwr run failed with exit status {err.returncode}") from None
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="federated")
+def main(hcfg: DictConfig) -> None:
+    cfg, options = split_run_config(hcfg, PROG)
+    logging.getLogger("ahm_core").setLevel(logging.INFO)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    summary = run_federation(cfg, options, out, PROG)
     print(f"{PROG}: final verification accuracy {summary['final_accuracy']:.4f}")
     print(f"{PROG}: per-round results in {out / 'rounds.json'}")
     if options["report"]:

@@ -9,7 +9,6 @@ python -m simulations.threat_model run=outputs/demo attack.gi_local_steps=3
 from __future__ import annotations
 
 import logging
-import subprocess
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.threat import run_threat_model
-from simulations.flower import launch
+from simulations.federated import run_federation
 from simulations.schema import register, split_run_config
 
 PROG = "threat_model"
@@ -32,17 +31,7 @@ def main(hcfg: DictConfig) -> None:
     if run is None:
         run = Path(HydraConfig.get().runtime.output_dir) / "run"
         print(f"{PROG}: no run= given: a federated run with {options['supernodes']} clients first")
-        try:
-            launch(
-                cfg,
-                run,
-                supernodes=options["supernodes"],
-                cpus_per_client=options["cpus_per_client"],
-                gpus_per_client=options["gpus_per_client"],
-                **{"client-state-dir": str(run / "client_state")},
-            )
-        except subprocess.CalledProcessError as err:
-            raise SystemExit(f"{PROG}: flwr run failed with exit status {err.returncode}") from None
+        run_federation(cfg, options, run, PROG)
     elif not (run / "checkpoint.pt").is_file():
         raise SystemExit(f"{PROG}: run={run}: no checkpoint.pt there; expected a federated run")
     report = run_threat_model(run, cfg, log=lambda line: print(f"{PROG}: {line}"))

@@ -1,6 +1,7 @@
 """The Flower-free federated task: partitions, local rounds, client state, screening, faults."""
 
 import pytest
+import test_train
 import torch
 
 from ahm_core.config import AHMConfig, apply_overrides
@@ -23,17 +24,10 @@ from ahm_core.federated import (
 from ahm_core.train import Trainer
 
 TINY = {
-    "data.image_size": 32,
-    "data.num_identities": 24,
+    **test_train.TINY,  # the training tests' tiny scale, with more images and a federation
     "data.images_per_identity": 8,
-    "data.num_pairs": 200,
-    "data.test_fraction": 0.25,
-    "model.blocks": (1, 1),
-    "model.width": 8,
-    "model.embedding_size": 32,
-    "train.batch_size": 16,
+    "train.epochs": 1,
     "policy.k_set": (2, 3),
-    "policy.interval": 2,
     "masking.method": "masking_adamixup",
     "federation.rounds": 3,
     "federation.val_fraction": 0.25,
