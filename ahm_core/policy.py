@@ -139,43 +139,46 @@ class AdaptivePolicy:
     def sample(
         self, x: Tensor, generator: torch.Generator | None = None, pmf: Tensor | None = None
     ) -> Tensor:
-        """k for every sample of x, LongTensor [N] on x's device, drawn from the batch's PMF.
+        """k for every sample of x, LongTensor [N] drawn from the batch's PMF.
 
         per_sample: N independent draws (eq. 8); otherwise one draw repeated N times. The draw
-        runs on the generator's device (x's without one) and is recorded in the histogram.
-        A `pmf` given (one computed on a recent batch) saves the network's forward pass.
+        runs, and the ks are returned, on the generator's device, else on the PMF's: a `pmf`
+        given on the CPU (one computed on a recent batch) saves the network's forward pass and
+        keeps the draw off the accelerator, so mixing needs no device-to-host read per step.
+        The draw is recorded in the histogram.
         """
         n = x.shape[0]
         probs = self.pmf(x) if pmf is None else pmf
         if generator is not None:
             probs = probs.to(generator.device)
         draws = n if self.per_sample else 1
-        index = torch.multinomial(probs, draws, replacement=True, generator=generator)
-        index = index.to(self.device).expand(n)
+        index = torch.multinomial(probs, draws, replacement=True, generator=generator).expand(n)
         # index_add, unlike bincount on CUDA, needs no device-to-host read of the largest index.
-        self._counts = self._counts.index_add(0, index, torch.ones_like(index))
-        return self._k_values[index].to(x.device)
+        self._counts = self._counts.index_add(0, index.to(self.device), torch.ones_like(index))
+        return self._k_values.to(index.device)[index]
 
     def reward(self, reward1: Tensor, reward2: Tensor) -> Tensor:
         """The configured combination alpha * reward1 + beta * reward2 (see `combine_rewards`)."""
         return combine_rewards(reward1, reward2, self.alpha, self.beta)
 
-    def update(self, x: Tensor, ks: Tensor, rewards: Tensor) -> dict[str, float]:
+    def update(self, x: Tensor, ks: Tensor, rewards: Tensor) -> dict[str, Tensor]:
         """One REINFORCE step (eq. 8) making the k with above-baseline reward likelier.
 
         loss = -mean_i((R_i - b) log p(k_i)) - entropy_weight * H(p); b then moves towards the
-        batch's mean reward (the first call starts it there). Returns floats to log: loss,
-        entropy and expected_k (of the PMF before the step), the new baseline, the mean reward.
+        batch's mean reward (the first call starts it there). Returns 0-d tensors on the policy's
+        device, to read when logging (no device-to-host read here): loss, entropy and expected_k
+        (of the PMF before the step), the new baseline, the mean reward. ks on the CPU are
+        checked there, also without a read from the device.
         """
         if ks.shape != (x.shape[0],) or rewards.shape != ks.shape:
             raise ValueError(
                 f"ks and rewards must both have shape [{x.shape[0]}], got {tuple(ks.shape)} "
                 f"and {tuple(rewards.shape)}"
             )
-        match = ks.to(self.device).long()[:, None] == self._k_values[None, :]
+        match = ks.long()[:, None] == self._k_values.to(ks.device)[None, :]
         if not bool(match.any(dim=1).all()):
             raise ValueError(f"ks: every k must be one of {self.k_set}, got {ks.unique().tolist()}")
-        index = match.long().argmax(dim=1)
+        index = match.long().argmax(dim=1).to(self.device)
         rewards = rewards.detach().to(self.device, torch.float32)
         mean_reward = rewards.mean()
         baseline = torch.where(self._baseline.isnan(), mean_reward, self._baseline)
@@ -193,7 +196,7 @@ class AdaptivePolicy:
         expected_k = (log_probs.exp() * self._k_values).sum()
         names = ("loss", "entropy", "baseline", "reward", "expected_k")
         values = torch.stack([loss, entropy, self._baseline, mean_reward, expected_k]).detach()
-        return dict(zip(names, values.tolist(), strict=True))
+        return dict(zip(names, values.unbind(), strict=True))
 
     def histogram(self) -> dict[int, int]:
         """How many samples were given each k since the last reset."""

@@ -89,7 +89,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
         self.step = self.epoch = 0
-        self.last_policy_update: dict[str, float] = {}
+        self.last_policy_update: dict[str, Tensor] = {}
         self._pmf: Tensor | None = None  # the policy's PMF, reused until its next update
 
     @property
@@ -107,9 +107,10 @@ class Trainer:
         x = self.masking.encode(images, self.generator)
         ks = None
         if self.policy is not None:
-            # One PMF per batch, and batches differ little: refresh it once per policy update.
+            # One PMF per batch, and batches differ little: refresh it once per policy update,
+            # and keep it on the CPU, where the ks are drawn and the mixing coefficients made.
             if self._pmf is None:
-                self._pmf = self.policy.pmf(x)
+                self._pmf = self.policy.pmf(x).cpu()
             ks = self.policy.sample(x, pmf=self._pmf)
         mixed = self.masking.mix(x, labels, ks, self.generator)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
@@ -200,7 +201,7 @@ class Trainer:
         }
         if self.policy is not None:
             metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}
-            metrics["policy"] = dict(self.last_policy_update)
+            metrics["policy"] = {k: float(v) for k, v in self.last_policy_update.items()}
         return metrics
 
     def verify(self, faces: FaceSet, pairs: Pairs) -> dict:
@@ -261,7 +262,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
-        self.step, self.epoch, self._pmf = state["step"], state["epoch"], state["policy_pmf"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        self._pmf = None if state["policy_pmf"] is None else state["policy_pmf"].cpu()
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

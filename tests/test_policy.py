@@ -159,7 +159,7 @@ def test_baseline_starts_at_the_first_mean_then_moves_with_momentum():
     ks = torch.tensor([2, 3, 4, 5])
     means = []
     for rewards in ([1.0, 3.0, 2.0, 2.0], [4.0, 4.0, 4.0, 4.0], [6.0, 6.0, 6.0, 6.0]):
-        means.append(policy.update(x, ks, torch.tensor(rewards))["baseline"])
+        means.append(float(policy.update(x, ks, torch.tensor(rewards))["baseline"]))
     assert means == pytest.approx([2.0, 2.2, 2.58])
     assert policy.baseline == pytest.approx(2.58)
 

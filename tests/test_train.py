@@ -111,3 +111,17 @@ def test_dp_run_fits_its_eigenfaces_on_training_images(tmp_path):
         tiny("dp", **{"train.epochs": 1, "masking.dp_components": 16}), tmp_path
     )
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adaptive_steps_between_policy_updates_make_no_device_to_host_read():
+    cfg = tiny("masking_adamixup", **{"train.device": "cuda", "policy.interval": 4})
+    faces, split, labels, trainer = setup(cfg)
+    images, batch_labels = faces.images_uint8(split.train[:16]), labels[:16]
+    trainer.train_step(images, batch_labels)  # step 0: a policy update, which drops the PMF
+    trainer.train_step(images, batch_labels)  # step 1: the PMF is refreshed (one read)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(images, batch_labels)  # step 2: ks drawn and mixed on the CPU
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
