@@ -73,7 +73,8 @@ def run_threat_model(
     saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = from_dict(saved["config"])
     if attack_cfg is not None:
-        cfg = apply_overrides(cfg, {f"attack.{k}": v for k, v in _attack_items(attack_cfg)})
+        budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}
+        cfg = apply_overrides(cfg, budget)
     summary = json.loads((run_dir / "rounds.json").read_text())
     device = resolve_device(cfg.train.device)
     data = federated_data(cfg)
@@ -98,10 +99,6 @@ def _section(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(f"{prefix}.")}
 
 
-def _attack_items(cfg: AHMConfig) -> list[tuple[str, Any]]:
-    return [(k.split(".", 1)[1], v) for k, v in to_flat(cfg).items() if k.startswith("attack.")]
-
-
 class _Context:
     """What every attack of one report shares."""
 
@@ -124,7 +121,13 @@ class _Context:
         need = max(cfg.attack.gi_batch, cfg.attack.demix_images)
         self.victims, self.gallery = train[:need], train[need:]
         held = torch.cat([data.pairs.left, data.pairs.right]).unique()
-        self.aux = held[torch.randperm(len(held), generator=g)][: cfg.attack.aux_images]
+        aux = held[torch.randperm(len(held), generator=g)][: cfg.attack.aux_images]
+        # Loaded once: every defence's attacks use the same auxiliary and gallery faces.
+        self.aux_images, self.gallery_images = self.images(aux), self.images(self.gallery)
+        records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
+        self.capture = (
+            torch.load(records[0], map_location="cpu", weights_only=True) if records else None
+        )
 
     def images(self, items: Tensor) -> Tensor:
         return self.data.faces.images_uint8(items).float() / 255.0
@@ -132,10 +135,7 @@ class _Context:
     def captured_global(self) -> dict[str, Tensor] | None:
         """The global model of the first captured update (what the server saw a client start
         from), else None."""
-        records = sorted((self.run_dir / "captured").glob("round_*/partition_*.pt"))
-        if not records:
-            return None
-        return torch.load(records[0], map_location="cpu", weights_only=True)["global"]
+        return None if self.capture is None else self.capture["global"]
 
 
 def _defence_row(ctx: _Context, defence: str, log: Log) -> dict:
@@ -183,7 +183,7 @@ def _gradient_inversion(
         shares = ctx.proportions or dict.fromkeys(cfg.policy.k_set, 1.0)
         proportions = {k: v for k, v in shares.items() if k <= a.gi_batch} or {2: 1.0}
     aux_set, victim_set = attack_data(
-        pipeline, ctx.images(ctx.aux), faces, ctx.data.faces.labels[items], proportions, g
+        pipeline, ctx.aux_images, faces, ctx.data.faces.labels[items], proportions, g
     )
     masked = victim_set.masked.to(ctx.device)
     # The client's batch: the same mix, with the labels and coefficients its loss used.
@@ -210,7 +210,7 @@ def _gradient_inversion(
         cgan = train_cgan(cfg, pipeline, aux_set, ctx.device)
         chained, direct = cgan.reconstruct(matched), cgan.reconstruct(victim_set.masked)
     keep = torch.isin(victim_set.labels, ctx.data.faces.labels[ctx.gallery])
-    gallery = ctx.images(ctx.gallery)
+    gallery = ctx.gallery_images
     gallery_labels = ctx.data.faces.labels[ctx.gallery]
 
     def leakage(reconstructions: Tensor) -> dict[str, float]:
@@ -279,7 +279,7 @@ def _model_inversion(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline) -
         ndf=a.ndf,
         seed=cfg.train.seed,
     )
-    prior = train_prior(ctx.images(ctx.aux).to(ctx.device), options)
+    prior = train_prior(ctx.aux_images.to(ctx.device), options)
     logits = white_box_logits(backbone.to(ctx.device), head.to(ctx.device), pipeline)
     targets = torch.arange(min(a.gmi_targets, client.num_classes))
     faces, labels = invert_identities(prior, logits, targets, options)
@@ -290,12 +290,8 @@ def _model_inversion(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline) -
 
 def _client_head(ctx: _Context, cfg: AHMConfig) -> tuple[nn.Module, Any] | None:
     """Client 0's ArcFace head and data, from its state on disk (or the shared global head)."""
-    records = sorted((ctx.run_dir / "captured").glob("round_*/partition_*.pt"))
-    partitions = None
-    for record in records:
-        metrics = torch.load(record, map_location="cpu", weights_only=True)["metrics"]
-        partitions = int(metrics.get("num-partitions", 0)) or partitions
-    if partitions is None:
+    partitions = int(ctx.capture["metrics"].get("num-partitions", 0)) if ctx.capture else 0
+    if not partitions:
         return None
     client = client_data(cfg, ctx.data, 0, partitions)
     head = build_head(cfg.model, client.num_classes)

@@ -386,9 +386,7 @@ def test_gpu_overlay_reserves_a_gpu_for_each_client(tmp_path):
 
 
 def cli_flags(binary: str) -> set[str]:
-    exe = BIN / binary
-    if not exe.exists():
-        pytest.skip(f"{binary} not installed in this environment")
+    exe = BIN / binary  # installed with flwr, a dependency of the project
     env = {**os.environ, **OFFLINE, "COLUMNS": "200"}
     out = subprocess.run(
         [exe, "--help"], capture_output=True, text=True, env=env, timeout=120
