@@ -105,7 +105,7 @@ class AdaptivePolicy:
         self.alpha, self.beta = alpha, beta
         self.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         device = self.device
-        self._k_values = torch.tensor(self.k_set, dtype=torch.long, device=device)
+        self._k_values = torch.tensor(self.k_set, dtype=torch.long)  # on the CPU, where k is drawn
         self._baseline = torch.tensor(float("nan"), device=device)  # NaN: no batch seen yet
         self._counts = torch.zeros(len(self.k_set), dtype=torch.long, device=device)
 
@@ -126,7 +126,6 @@ class AdaptivePolicy:
             for key, value in state.items():
                 if isinstance(value, Tensor) and key != "step":  # Adam keeps `step` on the CPU
                     state[key] = value.to(device)
-        self._k_values = self._k_values.to(device)
         self._baseline = self._baseline.to(device)
         self._counts = self._counts.to(device)
         return self
@@ -154,8 +153,9 @@ class AdaptivePolicy:
         draws = n if self.per_sample else 1
         index = torch.multinomial(probs, draws, replacement=True, generator=generator).expand(n)
         # index_add, unlike bincount on CUDA, needs no device-to-host read of the largest index.
-        self._counts = self._counts.index_add(0, index.to(self.device), torch.ones_like(index))
-        return self._k_values.to(index.device)[index]
+        counted = index.to(self.device, non_blocking=True)
+        self._counts = self._counts.index_add(0, counted, torch.ones_like(counted))
+        return self._k_values.to(index.device, non_blocking=True)[index]
 
     def reward(self, reward1: Tensor, reward2: Tensor) -> Tensor:
         """The configured combination alpha * reward1 + beta * reward2 (see `combine_rewards`)."""
@@ -193,7 +193,7 @@ class AdaptivePolicy:
         # b + (1 - m)(mean - b) rather than m b + (1 - m) mean: a constant reward stays exact,
         # and Adam would blow a rounding residue in R - b up to a full-sized step.
         self._baseline = torch.lerp(baseline, mean_reward, 1.0 - self.baseline_momentum)
-        expected_k = (log_probs.exp() * self._k_values).sum()
+        expected_k = log_probs.exp() @ self._k_values.to(self.device, torch.float32, True)
         names = ("loss", "entropy", "baseline", "reward", "expected_k")
         values = torch.stack([loss, entropy, self._baseline, mean_reward, expected_k]).detach()
         return dict(zip(names, values.unbind(), strict=True))

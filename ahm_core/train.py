@@ -96,6 +96,12 @@ class Trainer:
     def amp(self) -> bool:
         return self.cfg.train.amp and self.device.type == "cuda"
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when `amp` is on, else nothing (any device type, meta included)."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def train_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """One SGD step on uint8 or [0, 1] images [B, 3, H, W]; returns per-sample losses."""
         images = images.to(self.device, non_blocking=True)
@@ -103,7 +109,8 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         if self.cfg.train.flip:
             flip = torch.rand(len(images), generator=self.generator) < 0.5
-            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
+            flip = flip.to(self.device, non_blocking=True)[:, None, None, None]
+            images = torch.where(flip, images.flip(-1), images)
         x = self.masking.encode(images, self.generator)
         ks = None
         if self.policy is not None:
@@ -115,7 +122,7 @@ class Trainer:
         mixed = self.masking.mix(x, labels, ks, self.generator)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         inputs = mixed.x.contiguous(memory_format=fmt)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.autocast():
             losses = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
@@ -128,7 +135,7 @@ class Trainer:
             with (
                 torch.no_grad(),
                 frozen_batchnorm_stats(self.backbone),
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp),
+                self.autocast(),
             ):
                 lookahead = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
             rewards = self.policy.reward(losses.detach().float(), lookahead.float())
@@ -206,7 +213,7 @@ class Trainer:
 
     def verify(self, faces: FaceSet, pairs: Pairs) -> dict:
         """Verification report of the current backbone on `pairs` (test images: no MixUp)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.autocast():
             return evaluate_verification(
                 self.backbone, faces, pairs, self.masking.encode, device=self.device
             )

@@ -1,10 +1,13 @@
+import contextlib
 import itertools
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.experiment import run_centralized
 from ahm_core.masking import build_masking
@@ -113,15 +116,71 @@ def test_dp_run_fits_its_eigenfaces_on_training_images(tmp_path):
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_adaptive_steps_between_policy_updates_make_no_device_to_host_read():
-    cfg = tiny("masking_adamixup", **{"train.device": "cuda", "policy.interval": 4})
-    faces, split, labels, trainer = setup(cfg)
-    images, batch_labels = faces.images_uint8(split.train[:16]), labels[:16]
-    trainer.train_step(images, batch_labels)  # step 0: a policy update, which drops the PMF
-    trainer.train_step(images, batch_labels)  # step 1: the PMF is refreshed (one read)
+class MetaStalls(TorchDispatchMode):
+    """Fails on what would stall a CUDA stream, done to tensors on the meta device (which have
+    no values): reading a value to the host, a copy to the CPU, or a copy to the device without
+    non_blocking (CUDA's pageable copy waits for the stream). So it runs anywhere."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+            raise AssertionError(f"reads a device value to the host: {func}")
+        copies = {
+            torch.ops.aten._to_copy.default: lambda: (args[0], kwargs.get("device")),
+            torch.ops.aten.copy_.default: lambda: (args[1], args[0].device),
+        }
+        if func in copies:
+            src, dst = copies[func]()
+            dst = torch.device(dst) if dst is not None else src.device
+            blocking = not kwargs.get("non_blocking", args[2] if len(args) > 2 else False)
+            if src.is_meta and dst.type == "cpu":
+                raise AssertionError(f"copies a device tensor {tuple(src.shape)} to the host")
+            if src.device.type == "cpu" and dst.type == "meta" and blocking:
+                raise AssertionError(f"blocking host-to-device copy of {tuple(src.shape)}")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def no_stream_stalls(device: str) -> Iterator[None]:
+    """CUDA's own sync check on a GPU; `MetaStalls` on the meta device."""
+    if device == "meta":
+        with MetaStalls():
+            yield
+        return
     torch.cuda.set_sync_debug_mode("error")
     try:
-        trainer.train_step(images, batch_labels)  # step 2: ks drawn and mixed on the CPU
+        yield
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.fixture(scope="module")
+def faces_and_labels():
+    cfg = tiny("arcface")
+    faces = load_faces(cfg.data)
+    train = verification_split(faces.labels, cfg.data).train
+    return faces, train, relabel(faces.labels[train])
+
+
+DEVICES = [
+    "meta",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_step_between_policy_updates_never_waits_for_the_device(device, method, faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny(method, **{"train.device": device, "policy.interval": 4, "masking.dp_components": 8})
+    fit = faces.images_uint8(train).float() / 255 if method == "dp" else None
+    trainer = Trainer(cfg, build_masking(cfg, fit), classes, steps_per_epoch=10)
+    images, batch_labels = faces.images_uint8(train[:16]), labels[:16]
+    if device == "meta":  # no values to read: start past the policy update and its PMF read
+        trainer.step, trainer._pmf = 1, torch.full((len(cfg.policy.k_set),), 1 / 3)
+    else:
+        trainer.train_step(images, batch_labels)  # step 0: a policy update, which drops the PMF
+    trainer.train_step(images, batch_labels)  # the PMF is refreshed (one read), caches filled
+    with no_stream_stalls(device):
+        losses = trainer.train_step(images, batch_labels)  # ks drawn and mixed on the CPU
+    assert losses.shape == (16,) and losses.device.type == device

@@ -46,12 +46,16 @@ class EigenfaceDP:
         check_images(gray, "DP images")
         if gray.shape[1:] != self.shape:
             raise ValueError(f"DP images: fitted on {tuple(self.shape)}, got {tuple(gray.shape)}")
-        flat = gray.flatten(1).double().cpu()
+        if self.basis.device != gray.device:  # once: the fit moves to where the images are
+            self.mean, self.basis, self.low, self.high = (
+                t.to(gray.device) for t in (self.mean, self.basis, self.low, self.high)
+            )
+        flat = gray.flatten(1).double()
         proj = ((flat - self.mean) @ self.basis.T).clamp(self.low, self.high)
         scale = (self.high - self.low) / self.epsilon
         device = generator.device if generator is not None else "cpu"
         u = torch.rand(proj.shape, generator=generator, dtype=torch.float64, device=device)
-        u = u.cpu() - 0.5
+        u = u.to(gray.device, non_blocking=True) - 0.5
         noise = -scale * u.sign() * torch.log1p(-2 * u.abs())
         images = (self.mean + (proj + noise) @ self.basis).clamp(0.0, 1.0)
-        return images.to(gray).view_as(gray)
+        return images.to(gray.dtype).view_as(gray)

@@ -79,13 +79,13 @@ def mixup(
         torch.randperm(n, generator=generator, device=device).cpu()
         for _ in range(coefs.shape[1] - 1)
     ]
-    index = torch.stack(perms, dim=1).to(x.device)  # [N, k_max]
-    coefs = coefs.to(x.device)
+    index = torch.stack(perms, dim=1).to(x.device, non_blocking=True)  # [N, k_max]
+    coefs = coefs.to(x.device, non_blocking=True)
     shape = (n,) + (1,) * (x.dim() - 1)
     out = x * coefs[:, 0].to(x.dtype).view(shape)
     for j in range(1, coefs.shape[1]):
         out += torch.index_select(x, 0, index[:, j]) * coefs[:, j].to(x.dtype).view(shape)
-    return Mixed(out, labels.to(x.device)[index], coefs, index)
+    return Mixed(out, labels.to(x.device, non_blocking=True)[index], coefs, index)
 
 
 def instahide(
@@ -99,5 +99,5 @@ def instahide(
     mixed = mixup(x, labels, k, max_coef, generator)
     device = generator.device if generator is not None else x.device
     flip = torch.randint(0, 2, x.shape, generator=generator, device=device, dtype=torch.bool)
-    out = torch.where(flip.to(x.device), -mixed.x, mixed.x)
+    out = torch.where(flip.to(x.device, non_blocking=True), -mixed.x, mixed.x)
     return mixed._replace(x=out)

@@ -91,7 +91,7 @@ class MaskingPipeline:
             n = len(x)
             ones = torch.ones(n, 1, device=x.device)
             index = torch.arange(n, device=x.device)[:, None]
-            return Mixed(x, labels.to(x.device)[:, None], ones, index)
+            return Mixed(x, labels.to(x.device, non_blocking=True)[:, None], ones, index)
         if self.mixing == "adaptive":
             if k is None:
                 raise ValueError(f"{self.method}: needs the per-sample k chosen by the policy")

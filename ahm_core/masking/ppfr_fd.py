@@ -111,11 +111,12 @@ class PPFRFD:
         cov = patches @ patches.transpose(1, 2) / patches.shape[-1]
         cov -= mean[:, :, None] * mean[:, None, :]
         kernel = fused_kernel(self.upsample, device, patches.dtype).flatten(1)
-        kernel = kernel[self.channels.to(device)]
-        k1 = kernel[keys.p1.to(device)]  # [N, C, T]: the channels after the first shuffle
+        kernel = kernel[self.channels.to(device, non_blocking=True)]
+        # [N, C, T]: the channels after the first shuffle
+        k1 = kernel[keys.p1.to(device, non_blocking=True)]
         a1 = k1 / torch.sqrt(_quad(k1, cov) + self.eps)[..., None]
-        a2 = self.mix_matrix.to(a1) @ a1
-        a = torch.gather(a2, 1, keys.p2.to(device)[..., None].expand_as(a2))
+        a2 = self.mix_matrix.to(a1, non_blocking=True) @ a1
+        a = torch.gather(a2, 1, keys.p2.to(device, non_blocking=True)[..., None].expand_as(a2))
         weight = a / torch.sqrt(_quad(a, cov) + self.eps)[..., None]
         return weight, -(weight @ mean[..., None])
 

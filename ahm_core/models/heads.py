@@ -11,6 +11,7 @@ the one-component case (l = 1). The margin math runs in float32, also under bf16
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -45,7 +46,9 @@ class MixUpArcFace(nn.Module):
 
     def cosine(self, embeddings: Tensor) -> Tensor:
         """cos(theta) [N, num_classes] between embeddings [N, D] and class centres, in float32."""
-        with torch.autocast(embeddings.device.type, enabled=False):
+        device = embeddings.device.type
+        off = torch.amp.is_autocast_available(device)  # meta, for one, has no autocast
+        with torch.autocast(device, enabled=False) if off else contextlib.nullcontext():
             return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float()))
 
     def _margin(self, cos: Tensor) -> Tensor:
