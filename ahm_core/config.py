@@ -131,6 +131,7 @@ class TrainConfig:
     grad_clip: float = field(default=5.0, metadata={"min": 0.0})  # 0: no clipping
     flip: bool = True  # random horizontal flips of training images
     amp: bool = True  # bfloat16 autocast on CUDA
+    compile: bool = False  # torch.compile the backbone: pays off over long runs on a GPU
     workers: int = field(default=0, metadata={"min": 0})  # DataLoader worker processes
     progress: bool = True  # a progress bar per epoch
     seed: int = 0

@@ -73,6 +73,8 @@ class Trainer:
         self.head.to(self.device)
         if self.device.type == "cuda":
             self.backbone.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            self.backbone.compile()  # in place: the state_dict keeps its names
         self.policy = None
         if masking.mixing == "adaptive":
             self.policy = build_policy(cfg.policy, masking.in_channels).to(self.device)

@@ -184,3 +184,16 @@ def test_a_step_between_policy_updates_never_waits_for_the_device(device, method
     with no_stream_stalls(device):
         losses = trainer.train_step(images, batch_labels)  # ks drawn and mixed on the CPU
     assert losses.shape == (16,) and losses.device.type == device
+
+
+def test_a_compiled_backbone_trains_as_the_eager_one(faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    images, batch_labels = faces.images_uint8(train[:16]), labels[:16]
+    losses, names = [], []
+    for compiled in (False, True):  # without dropout, which draws differently when compiled
+        cfg = tiny("masking_adamixup", **{"model.dropout": 0.0, "train.compile": compiled})
+        trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+        losses.append(torch.stack([trainer.train_step(images, batch_labels) for _ in range(3)]))
+        names.append(list(trainer.state_dict()["backbone"]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
+    assert names[1] == names[0]  # checkpoints load into either
