@@ -292,7 +292,8 @@ class CGANAttack:
                 raise ValueError(f"targets: expected {expected}, got {tuple(targets.shape)}")
 
     def _noise(self, n: int, generator: torch.Generator) -> Tensor:
-        return torch.randn(n, 1, *self.image_size, generator=generator).to(self.device)
+        noise = torch.randn(n, 1, *self.image_size, generator=generator)
+        return noise.to(self.device, non_blocking=True)
 
     def _gan_loss(self, prediction: Tensor, real: bool) -> Tensor:
         target = torch.full_like(prediction, 1.0 if real else 0.0)
@@ -300,10 +301,13 @@ class CGANAttack:
             return F.binary_cross_entropy_with_logits(prediction, target)
         return F.mse_loss(prediction, target)
 
-    def _step(self, masked: Tensor, targets: Tensor) -> dict[str, float]:
-        """One pix2pix iteration: a discriminator step, then a generator step (L1 + GAN)."""
-        cond = self.condition(masked.to(self.device, torch.float32))
-        real = targets.to(self.device, torch.float32) * 2.0 - 1.0
+    def _step(self, masked: Tensor, targets: Tensor) -> Tensor:
+        """One pix2pix iteration: a discriminator step, then a generator step (L1 + GAN).
+
+        Returns the losses of LOSS_NAMES as one tensor on the device: no read per step.
+        """
+        cond = self.condition(masked.to(self.device, torch.float32, non_blocking=True))
+        real = targets.to(self.device, torch.float32, non_blocking=True) * 2.0 - 1.0
         fake = self.generator(torch.cat([cond, self._noise(len(cond), self.rng)], dim=1))
 
         self.discriminator.requires_grad_(True)
@@ -320,8 +324,7 @@ class CGANAttack:
         (g_gan + g_l1).backward()
         self.optimizer_g.step()
         self.steps += 1
-        values = (g_gan, g_l1, d_real, d_fake)
-        return {name: v.item() for name, v in zip(LOSS_NAMES, values, strict=True)}
+        return torch.stack([g_gan, g_l1, d_real, d_fake]).detach()
 
     def fit(
         self,
@@ -352,15 +355,17 @@ class CGANAttack:
             torch.manual_seed(dropout_seed)
             for epoch in range(epochs):
                 order = torch.randperm(len(masked), generator=self.rng)
-                sums = dict.fromkeys(LOSS_NAMES, 0.0)
+                sums = torch.zeros(len(LOSS_NAMES), device=self.device)
                 batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
                 bar = tqdm(batches, desc=f"CGAN epoch {epoch + 1}", disable=not progress)
                 for idx in bar:
                     losses = self._step(masked[idx], targets[idx])
-                    for name, value in losses.items():
-                        sums[name] += value * len(idx)
-                    bar.set_postfix(losses, refresh=False)
-                history.append({name: total / len(masked) for name, total in sums.items()})
+                    sums += losses * len(idx)
+                    if progress:
+                        shown = dict(zip(LOSS_NAMES, losses.tolist(), strict=True))
+                        bar.set_postfix(shown, refresh=False)
+                means = (sums / len(masked)).tolist()  # the epoch's one read from the device
+                history.append(dict(zip(LOSS_NAMES, means, strict=True)))
         return history
 
     @torch.no_grad()
