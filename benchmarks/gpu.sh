@@ -17,6 +17,7 @@ full)
 	MASKING=(--batch 256 --repeats 7)
 	TRAIN=(--backbone ir_se_50 --size 112 --batch 128 --steps 20 --repeats 3)
 	CGAN=(--size 112 --batch 64 --steps 10 --repeats 2)
+	LOADER=(--images 6144 --batch 128 --workers 4,8,16)
 	PROFILE=(--backbone ir_se_50 --size 112 --batch 128 --steps 20 --rows 12)
 	FEDERATION=(--clients 10 --per-round 10 --paper-model --images 400 --local-epochs 2)
 	COMPILED=arcface,mixup
@@ -25,6 +26,7 @@ smoke)
 	MASKING=(--batch 8 --repeats 1 --faces 16)
 	TRAIN=(--backbone ir_se_small --size 32 --batch 8 --steps 10 --repeats 1)
 	CGAN=(--size 32 --batch 4 --steps 2 --repeats 1)
+	LOADER=(--images 64 --batch 16 --workers 1)
 	PROFILE=(--backbone ir_se_small --size 32 --batch 8 --steps 10 --rows 5)
 	FEDERATION=(--clients 3 --per-round 3 --images 8 --local-epochs 1)
 	COMPILED=arcface
@@ -62,15 +64,16 @@ if [ "$DEVICE" != cpu ]; then
 	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
-# The limits add up to 455 s: with start-up, the whole run stays under 8 minutes.
+# The limits add up to 465 s: with start-up, the whole run stays under 8 minutes.
 part "CUDA sync check" 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py -k never_waits
 part "masking" 30 "$PY" benchmarks/masking.py --device "$DEVICE" "${MASKING[@]}"
-part "training step, eager" 80 "$PY" benchmarks/train_step.py --device "$DEVICE" "${TRAIN[@]}"
+part "training step, eager" 70 "$PY" benchmarks/train_step.py --device "$DEVICE" "${TRAIN[@]}"
 part "training step, compiled" 120 "$PY" benchmarks/train_step.py --device "$DEVICE" \
 	"${TRAIN[@]}" --compile --methods "$COMPILED"
 part "training step profile" 30 "$PY" benchmarks/profile_step.py --device "$DEVICE" "${PROFILE[@]}"
 part "CGAN attack" 30 "$PY" benchmarks/cgan.py --device "$DEVICE" "${CGAN[@]}"
-part "federation" 120 "$PY" benchmarks/federation.py --device "$DEVICE" "${GPUS[@]}" \
+part "data loading" 30 "$PY" benchmarks/loader.py --device "$DEVICE" "${LOADER[@]}"
+part "federation" 110 "$PY" benchmarks/federation.py --device "$DEVICE" "${GPUS[@]}" \
 	"${FEDERATION[@]}"
 echo "=== $(date -u '+%F %T') UTC, all parts ran; failures: $failed"
 exit $failed

@@ -34,6 +34,7 @@ def test_gpu_script_runs_every_part_and_prints_every_figure():
         "compile True",
         "Self CPU time total",
         "CGAN attack, 63 channels",
+        "1 workers",
         "round 2: 3/3 clients",
         "all parts ran; failures: 0",
     ]

@@ -1,3 +1,4 @@
+import collections
 import contextlib
 import itertools
 import json
@@ -197,3 +198,16 @@ def test_a_compiled_backbone_trains_as_the_eager_one(faces_and_labels):
         names.append(list(trainer.state_dict()["backbone"]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
     assert names[1] == names[0]  # checkpoints load into either
+
+
+def test_a_policy_interval_adds_one_backbone_forward_and_two_policy_forwards(faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny("masking_adamixup", **{"policy.interval": 4})
+    trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+    calls = collections.Counter()
+    trainer.backbone.register_forward_hook(lambda *_: calls.update(["backbone"]))
+    trainer.policy.net.register_forward_hook(lambda *_: calls.update(["policy"]))
+    for _ in range(8):  # policy updates at steps 0 and 4, each followed by one PMF forward
+        trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
+    # The reward of the step's own loss reuses its forward; the lookahead is the updated network.
+    assert calls == {"backbone": 8 + 2, "policy": 1 + 2 + 2}
