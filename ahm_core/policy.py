@@ -193,7 +193,8 @@ class AdaptivePolicy:
         # b + (1 - m)(mean - b) rather than m b + (1 - m) mean: a constant reward stays exact,
         # and Adam would blow a rounding residue in R - b up to a full-sized step.
         self._baseline = torch.lerp(baseline, mean_reward, 1.0 - self.baseline_momentum)
-        expected_k = log_probs.exp() @ self._k_values.to(self.device, torch.float32, True)
+        k_values = self._k_values.to(self.device, torch.float32, non_blocking=True)
+        expected_k = log_probs.exp() @ k_values
         names = ("loss", "entropy", "baseline", "reward", "expected_k")
         values = torch.stack([loss, entropy, self._baseline, mean_reward, expected_k]).detach()
         return dict(zip(names, values.unbind(), strict=True))
