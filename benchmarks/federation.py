@@ -82,15 +82,19 @@ PAPER_MODEL = {
 
 
 def config(args: argparse.Namespace) -> AHMConfig:
-    """One identity per client, AdaMixUp, a tiny model or the paper's, on synthetic faces."""
+    """One identity per client, AdaMixUp, a tiny model or the paper's, on synthetic faces.
+
+    Exactly one: a client with two identities would train twice as long and hold up its round.
+    """
+    held = max(2, round(args.clients / 4))  # a fifth of all identities, for verification pairs
     return apply_overrides(
         AHMConfig(),
         {
             **(PAPER_MODEL if args.paper_model else TINY_MODEL),
-            "data.num_identities": round(args.clients / 0.8) + 2,
+            "data.num_identities": args.clients + held,
             "data.images_per_identity": args.images,
             "data.num_pairs": 200,
-            "data.test_fraction": 0.2,
+            "data.test_fraction": held / (args.clients + held),
             "train.progress": False,
             "train.device": args.device,
             "masking.method": "masking_adamixup",
