@@ -76,6 +76,7 @@ class PPFRFD:
         self.mix_matrix = eye + eye.roll(1, dims=1) if mixing == "adjacent" and c > 1 else eye
         g = torch.Generator().manual_seed(key_seed)
         self._fixed = Keys(torch.randperm(c, generator=g), torch.randperm(c, generator=g))
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     @property
     def num_channels(self) -> int:
@@ -110,15 +111,26 @@ class PPFRFD:
         mean = patches.mean(dim=-1)  # [N, T]
         cov = patches @ patches.transpose(1, 2) / patches.shape[-1]
         cov -= mean[:, :, None] * mean[:, None, :]
-        kernel = fused_kernel(self.upsample, device, patches.dtype).flatten(1)
-        kernel = kernel[self.channels.to(device, non_blocking=True)]
+        kernel, mix_matrix = self._constants(device, patches.dtype)
         # [N, C, T]: the channels after the first shuffle
         k1 = kernel[keys.p1.to(device, non_blocking=True)]
         a1 = k1 / torch.sqrt(_quad(k1, cov) + self.eps)[..., None]
-        a2 = self.mix_matrix.to(a1, non_blocking=True) @ a1
+        a2 = mix_matrix @ a1
         a = torch.gather(a2, 1, keys.p2.to(device, non_blocking=True)[..., None].expand_as(a2))
         weight = a / torch.sqrt(_quad(a, cov) + self.eps)[..., None]
         return weight, -(weight @ mean[..., None])
+
+    def _constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The kept channels' filters [C, T] and the mixing matrix [C, C], moved once per device
+        (not per batch)."""
+        key = (device, dtype)
+        if key not in self._on_device:
+            kernel = fused_kernel(self.upsample, device, dtype).flatten(1)
+            self._on_device[key] = (
+                kernel[self.channels.to(device)],
+                self.mix_matrix.to(device, dtype),
+            )
+        return self._on_device[key]
 
     def mask_explicit(self, gray: Tensor, keys: Keys) -> Tensor:
         """The recipe step by step on the explicit block DCT: the oracle for `mask`."""
