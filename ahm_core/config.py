@@ -43,7 +43,38 @@ DATA_SOURCES = ("synthetic", "folder", "insightface")
 KEY_MODES = ("fixed", "per_image")
 CHANNEL_MIXINGS = ("adjacent", "none")
 PARTITIONS = ("identity", "iid", "dirichlet")
-FAULT_MODES = ("raise", "hang", "nan", "explode")
+FAULT_MODES = (
+    "raise",  # the client fails
+    "hang",  # the client sleeps `fault_seconds`, beyond the round timeout, then fails
+    "nan",  # NaN weights
+    "explode",  # weights x 1e6
+    "signflip",  # global - fault_scale * honest update
+    "scale",  # global + fault_scale * honest update
+    "noise",  # global + Gaussian noise of fault_scale x the honest update's norm
+    "zeros",  # every weight zero
+    "stale",  # the global model sent back untrained
+    "huge_examples",  # honest update claiming 1e9 examples
+    "zero_examples",  # honest update claiming 0 examples
+    "negative_examples",  # honest update claiming -100 examples
+    "int_tensors",  # weights as int64 of 1e12
+    "missing_metrics",  # a reply with num-examples only
+    "false_partition",  # honest update claiming partition-id -1
+)
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
+DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates
+DP_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
 SYNTH_SIZES = (32, 112)
 AC_CHANNELS = BLOCK * BLOCK - 1
 
@@ -140,7 +171,8 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    """FedAvg over Flower clients: sampling, local work, update screening, faults, capture."""
+    """Flower federation: sampling, local work, the server's strategy, update screening,
+    DP-FedAvg, injected faults and the threat model's capture."""
 
     num_clients: int = field(default=4, metadata=_positive())  # Flower: the SuperNodes' count wins
     rounds: int = field(default=3, metadata=_positive())
@@ -155,11 +187,41 @@ class FederationConfig:
     eval_pairs: int = field(default=600, metadata={"min": 20})  # a client's local verification
     min_client_images: int = field(default=1, metadata=_positive())
     drop_small_clients: bool = False
-    max_update_norm: float = field(default=1e4, metadata={"min_open": 0.0})
     share_head: bool = False  # False: each client's ArcFace head over its own people stays local
+    # The server's aggregation: one of Flower's strategies (server.strategy.STRATEGIES).
+    strategy: str = "fedavg"
+    proximal_mu: float = field(default=0.01, metadata={"min": 0.0})  # fedprox
+    server_lr: float = field(default=1.0, metadata={"min_open": 0.0})  # fedavgm
+    server_momentum: float = field(default=0.9, metadata={"min": 0.0, "max_open": 1.0})  # fedavgm
+    fedopt_eta: float = field(default=0.01, metadata={"min_open": 0.0})  # fedadam/yogi/adagrad
+    fedopt_beta_1: float = field(default=0.9, metadata={"min": 0.0, "max_open": 1.0})
+    fedopt_beta_2: float = field(default=0.99, metadata={"min": 0.0, "max_open": 1.0})
+    fedopt_tau: float = field(default=1e-3, metadata={"min_open": 0.0})
+    trim_beta: float = field(default=0.2, metadata={"min": 0.0, "max_open": 0.5})  # fedtrimmedavg
+    malicious_clients: int = field(default=1, metadata={"min": 0})  # krum, multikrum, bulyan
+    multikrum_select: int = field(default=0, metadata={"min": 0})  # 0: sampled - malicious
+    # Screening (server.replies): bounds on each update relative to the model and the round.
+    screen: bool = True  # False: only the checks that keep the server alive (no bounds)
+    max_update_ratio: float = field(default=10.0, metadata={"min_open": 0.0})  # of global norm
+    max_update_norm: float = field(default=0.0, metadata={"min": 0.0})  # absolute; 0: none
+    update_norm_spread: float = field(default=3.0, metadata={"min_open": 1.0})  # x round median
+    min_update_cosine: float = field(default=0.1, metadata={"min": -1.0, "max": 1.0})
+    max_weight_ratio: float = field(default=2.0, metadata={"min": 1.0})  # x median num-examples
+    # DP-FedAvg: Flower's differential-privacy wrappers (none | server_fixed | server_adaptive |
+    # client_fixed | client_adaptive), accounted with Opacus's RDP accountant.
+    dp: str = "none"
+    dp_noise_multiplier: float = field(default=1.0, metadata={"min_open": 0.0})
+    dp_clipping_norm: float = field(default=1.0, metadata={"min_open": 0.0})  # adaptive: initial
+    dp_target_quantile: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    dp_clip_lr: float = field(default=0.2, metadata={"min_open": 0.0})
+    # adaptive: the clipped-count noise; 0: Flower's default, sampled clients / 20
+    dp_clipped_count_stddev: float = field(default=0.0, metadata={"min": 0.0})
+    dp_delta: float = field(default=1e-5, metadata={"min_open": 0.0, "max_open": 1.0})
     capture_clients: int = field(default=0, metadata={"min": 0})  # threat model: updates stored
+    # Injected faults, for tests and the Byzantine study (ahm_core.federated.FAULTS).
     fault_fraction: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    fault_mode: str = "raise"  # raise | hang | nan | explode
+    fault_mode: str = "raise"
+    fault_scale: float = field(default=10.0, metadata={"min_open": 0.0})  # signflip/scale/noise
     fault_seconds: float = field(default=600.0, metadata={"min": 0.0})  # how long `hang` hangs
 
 
@@ -242,6 +304,8 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("policy.net", cfg.policy.net, POLICY_NETS)
     _choice("federation.partition", cfg.federation.partition, PARTITIONS)
     _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
+    _choice("federation.strategy", cfg.federation.strategy, STRATEGIES)
+    _choice("federation.dp", cfg.federation.dp, DP_MODES)
     for defence in cfg.attack.defences:
         _choice("attack.defences", defence, METHODS)
     if cfg.data.source != "synthetic" and not cfg.data.root:
@@ -276,6 +340,17 @@ def validate(cfg: AHMConfig) -> AHMConfig:
         raise ConfigError(
             f"federation.min_clients: {cfg.federation.min_clients} exceeds "
             f"federation.num_clients={cfg.federation.num_clients}"
+        )
+    f = cfg.federation
+    if f.strategy == "bulyan" and f.min_clients < 4 * f.malicious_clients + 3:
+        raise ConfigError(
+            f"federation.min_clients: bulyan needs 4 * federation.malicious_clients + 3 = "
+            f"{4 * f.malicious_clients + 3} clients a round, got {f.min_clients}"
+        )
+    if f.dp != "none" and f.strategy not in DP_STRATEGIES:
+        raise ConfigError(
+            f"federation.dp: DP-FedAvg's noise is calibrated to a mean of clipped updates; "
+            f"expected federation.strategy in {', '.join(DP_STRATEGIES)}, got {f.strategy}"
         )
     return cfg
 

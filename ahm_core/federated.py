@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,6 @@ from ahm_core.train import Trainer, resolve_device
 
 State = dict[str, Tensor]
 T = TypeVar("T")
-EXPLODE_SCALE = 1e6  # what an `explode` fault multiplies a client's update by
 
 
 # Run-config keys the Flower apps read besides the `section.key` entries of AHMConfig.
@@ -47,6 +45,7 @@ APP_DEFAULTS: dict[str, bool | int | float | str] = {
     "metrics-port": 0,  # Prometheus exporter of the server; 0: off
     "metrics-address": "127.0.0.1",
     "client-state-dir": "",  # where clients also keep their state on disk; "": memory only
+    "run-token": "",  # the launcher's id of this launch; the server echoes it in status.json
 }
 
 
@@ -55,10 +54,6 @@ def split_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]
     options = {key: flat.get(key, default) for key, default in APP_DEFAULTS.items()}
     cfg = from_flat({k: v for k, v in flat.items() if k not in APP_DEFAULTS})
     return cfg, options
-
-
-class InjectedFaultError(RuntimeError):
-    """The failure a client configured as faulty raises (federation.fault_*)."""
 
 
 class FederatedData(NamedTuple):
@@ -192,9 +187,11 @@ def local_train(
     shared: State,
     server_round: int,
     state: bytes | None = None,
+    proximal_mu: float = 0.0,
 ) -> LocalResult:
     """`federation.local_epochs` epochs from the global arrays, continuing the client's head,
-    optimiser, policy and RNGs from `state` (a fresh client starts them from its seed)."""
+    optimiser, policy and RNGs from `state` (a fresh client starts them from its seed); with
+    `proximal_mu` > 0 the loss carries FedProx's proximal term."""
     ccfg = client_config(cfg, client.partition_id)
     trainer = Trainer(ccfg, masking, client.num_classes, len(client.items) // ccfg.train.batch_size)
     if state is not None:
@@ -202,6 +199,8 @@ def local_train(
         saved["backbone"] = trainer.backbone.state_dict()  # replaced by the global one below
         trainer.load_state_dict(saved)
     load_shared(trainer, shared)
+    if proximal_mu > 0:
+        trainer.loss_terms.append(proximal_term(trainer, proximal_mu))
     trainer.seek((server_round - 1) * cfg.federation.local_epochs)
     start = time.perf_counter()
     epochs = [
@@ -225,6 +224,18 @@ def local_train(
     return LocalResult(
         shared_state(trainer, cfg.federation.share_head), metrics, pack_state(trainer)
     )
+
+
+def proximal_term(trainer: Trainer, mu: float) -> Callable[[Trainer], Tensor]:
+    """FedProx's mu/2 * |w - w_global|^2 over the backbone's parameters as they are now (the
+    global ones, just loaded), a term for `Trainer.loss_terms`."""
+    start = {name: p.detach().clone() for name, p in trainer.backbone.named_parameters()}
+
+    def term(t: Trainer) -> Tensor:
+        moved = [(p - start[name]).square().sum() for name, p in t.backbone.named_parameters()]
+        return 0.5 * mu * torch.stack(moved).sum()
+
+    return term
 
 
 def local_evaluate(
@@ -280,43 +291,6 @@ def pack_state(trainer: Trainer) -> bytes:
 def unpack_state(blob: bytes, device: torch.device | str = "cpu") -> dict:
     """Read what `pack_state` wrote (tensors and plain data only: weights_only)."""
     return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-
-
-def screen_update(previous: State, update: State, max_norm: float) -> str | None:
-    """Why an update must be rejected ('malformed', 'non_finite', 'norm'), or None to accept."""
-    if update.keys() != previous.keys() or any(
-        update[k].shape != previous[k].shape for k in previous
-    ):
-        return "malformed"
-    squared = 0.0
-    for key, value in update.items():
-        if not value.is_floating_point():
-            continue  # BatchNorm's num_batches_tracked counts batches
-        if not bool(torch.isfinite(value).all()):
-            return "non_finite"
-        squared += float((value.double() - previous[key].double()).square().sum())
-    return "norm" if squared**0.5 > max_norm else None
-
-
-def faulty_partitions(cfg: AHMConfig, num_partitions: int) -> set[int]:
-    """The `federation.fault_fraction` of partitions that fail, drawn from `train.seed`."""
-    count = round(cfg.federation.fault_fraction * num_partitions)
-    return set(random.Random(cfg.train.seed).sample(range(num_partitions), count))
-
-
-def inject_fault(cfg: AHMConfig, shared: State) -> State:
-    """Fail as `federation.fault_mode` says: raise, hang then raise, or corrupt the update."""
-    mode = cfg.federation.fault_mode
-    if mode == "hang":
-        time.sleep(cfg.federation.fault_seconds)
-    if mode in ("raise", "hang"):
-        raise InjectedFaultError(f"injected fault: federation.fault_mode={mode}")
-    if mode == "nan":
-        return {
-            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-            for k, v in shared.items()
-        }
-    return {k: v * EXPLODE_SCALE if v.is_floating_point() else v for k, v in shared.items()}
 
 
 class ClientStateStore:

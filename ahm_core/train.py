@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -92,6 +92,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
         self.step = self.epoch = 0
         self.last_policy_update: dict[str, Tensor] = {}
+        # Extra terms added to the mean FR loss of every step, e.g. FedProx's proximal term.
+        self.loss_terms: list[Callable[[Trainer], Tensor]] = []
         self._pmf: Tensor | None = None  # the policy's PMF, reused until its next update
 
     @property
@@ -127,7 +129,10 @@ class Trainer:
         with self.autocast():
             losses = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
         self.optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()
+        loss = losses.mean()
+        for term in self.loss_terms:
+            loss = loss + term(self)
+        loss.backward()
         if self.cfg.train.grad_clip > 0:
             params = [*self.backbone.parameters(), *self.head.parameters()]
             nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)

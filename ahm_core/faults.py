@@ -1,0 +1,96 @@
+"""Injected client faults: a client that fails, and clients that behave like an adversary
+(`federation.fault_mode`, on `federation.fault_fraction` of the partitions). They drive the
+fault tests and the Byzantine study (`benchmarks/byzantine.py`).
+
+`raise` and `hang` fail before any work; every other mode trains honestly first and then
+corrupts its reply, so a corrupted update is built from a real one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ahm_core.config import AHMConfig
+
+State = dict[str, Tensor]
+Metrics = dict[str, Any]
+EXPLODE_SCALE = 1e6  # what an `explode` fault multiplies a client's weights by
+INT_VALUE = 10**12  # the value of every weight an `int_tensors` fault sends
+
+
+class InjectedFaultError(RuntimeError):
+    """The failure a client configured as faulty raises (federation.fault_*)."""
+
+
+def faulty_partitions(cfg: AHMConfig, num_partitions: int) -> set[int]:
+    """The `federation.fault_fraction` of partitions that fail, drawn from `train.seed`."""
+    count = round(cfg.federation.fault_fraction * num_partitions)
+    return set(random.Random(cfg.train.seed).sample(range(num_partitions), count))
+
+
+def fail_before_training(cfg: AHMConfig) -> None:
+    """`raise` and `hang` (sleep `fault_seconds`, beyond the round timeout) fail here."""
+    mode = cfg.federation.fault_mode
+    if mode == "hang":
+        time.sleep(cfg.federation.fault_seconds)
+    if mode in ("raise", "hang"):
+        raise InjectedFaultError(f"injected fault: federation.fault_mode={mode}")
+
+
+def _floats(state: State, value: Callable[[str, Tensor], Tensor]) -> State:
+    return {k: value(k, v) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _moved(start: State, shared: State, scale: float) -> State:
+    """start + scale * (shared - start) on the floating-point tensors."""
+    return _floats(shared, lambda k, v: start[k] + scale * (v - start[k]))
+
+
+def _noise(start: State, shared: State, scale: float, seed: int) -> State:
+    """start + Gaussian noise whose norm is `scale` times the honest update's."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = _floats(shared, lambda k, v: torch.randn(v.shape, generator=generator))
+    floats = [k for k, v in shared.items() if v.is_floating_point()]
+    honest = sum(float((shared[k] - start[k]).double().square().sum()) for k in floats)
+    size = sum(float(noise[k].double().square().sum()) for k in floats)
+    factor = scale * (honest / size) ** 0.5
+    return _floats(shared, lambda k, v: start[k] + factor * noise[k])
+
+
+def corrupt(
+    cfg: AHMConfig, start: State, shared: State, metrics: Metrics, seed: int
+) -> tuple[State, Metrics]:
+    """The reply a faulty client sends instead of its honest (shared, metrics), per mode."""
+    mode, scale = cfg.federation.fault_mode, cfg.federation.fault_scale
+    if mode == "nan":
+        return _floats(shared, lambda k, v: torch.full_like(v, float("nan"))), metrics
+    if mode == "explode":
+        return _floats(shared, lambda k, v: v * EXPLODE_SCALE), metrics
+    if mode == "signflip":
+        return _moved(start, shared, -scale), metrics
+    if mode == "scale":
+        return _moved(start, shared, scale), metrics
+    if mode == "noise":
+        return _noise(start, shared, scale, seed), metrics
+    if mode == "zeros":
+        return _floats(shared, lambda k, v: torch.zeros_like(v)), metrics
+    if mode == "stale":
+        return dict(start), metrics
+    if mode == "int_tensors":
+        return {k: torch.full(v.shape, INT_VALUE, dtype=torch.int64) for k, v in shared.items()}, (
+            metrics
+        )
+    claims = {"huge_examples": 10**9, "zero_examples": 0, "negative_examples": -100}
+    if mode in claims:
+        return shared, {**metrics, "num-examples": claims[mode]}
+    if mode == "missing_metrics":
+        return shared, {"num-examples": metrics["num-examples"]}
+    if mode == "false_partition":
+        return shared, {**metrics, "partition-id": -1}
+    raise ValueError(f"federation.fault_mode={mode}: not a corrupting mode")
