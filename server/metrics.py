@@ -1,8 +1,9 @@
 """The ServerApp's Prometheus exporter: Flower has none of its own, so the server publishes one.
 
 Metrics (prefix `ahm_`): the current round, round duration (histogram), clients sampled /
-succeeded / failed, updates rejected by reason, train loss, verification accuracy, and how often
-each k was chosen. It serves on `address:port` (127.0.0.1 by default); port 0 turns it off.
+succeeded / failed, updates rejected by reason, train loss, verification accuracy, how often each
+k was chosen, and DP-FedAvg's epsilon. It serves on `address:port` (127.0.0.1 by default);
+port 0 turns it off.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ServerMetrics:
             "ahm_verification_accuracy", "Global model verification accuracy", registry=r
         )
         self.k_chosen = Counter("ahm_k_chosen", "Samples mixed with each k", ["k"], registry=r)
+        self.dp_epsilon = Gauge("ahm_dp_epsilon", "DP-FedAvg epsilon spent so far", registry=r)
         self.server = None
         if port:
             self.server, _ = start_http_server(port, addr=address, registry=r)
@@ -53,6 +55,7 @@ class ServerMetrics:
         train_loss: float | None = None,
         accuracy: float | None = None,
         k_histogram: Mapping[int | str, int] | None = None,
+        dp_epsilon: float | None = None,
     ) -> None:
         """Publish what one round did."""
         self.round.set(number)
@@ -67,6 +70,8 @@ class ServerMetrics:
             self.accuracy.set(accuracy)
         for k, count in (k_histogram or {}).items():
             self.k_chosen.labels(k=str(k)).inc(count)
+        if dp_epsilon is not None:
+            self.dp_epsilon.set(dp_epsilon)
 
     def close(self) -> None:
         """Stop serving (the metrics stay readable from the registry)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ahm_core.config import AHMConfig, ConfigError, to_dict
+from ahm_core.config import AHMConfig, ConfigError, mixing_ks, to_dict
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
 from ahm_core.io import atomic_write
 from server.metrics import ServerMetrics
-from server.strategy import ScreenedFedAvg
+from server.privacy import epsilon_spent
+from server.replies import Limits
+from server.strategy import Guarded, build_strategy, load_server_state, server_state
 
 
 class ServerRun:
@@ -42,9 +45,10 @@ class ServerRun:
         self.state = initial_state(cfg, self.masking, self.data)
         self.history: list[dict] = []
         self.done = 0  # rounds finished before this session
+        self.saved_server_state: dict[str, Any] = {}
         if options["resume"] and self.checkpoint.exists():
             self._resume()
-        self.strategy: ScreenedFedAvg | None = None
+        self.strategy: Guarded | None = None
         self.metrics: ServerMetrics | None = None
 
     def _resume(self) -> None:
@@ -56,27 +60,33 @@ class ServerRun:
                 f"{self.checkpoint}: written with another config; use a new out-dir or resume=false"
             )
         self.state, self.history, self.done = saved["state"], saved["history"], saved["round"]
+        self.saved_server_state = saved["server_state"]
         log(INFO, "resuming %s after round %d", self.checkpoint, self.done)
 
+    def limits(self, grid: Grid) -> Limits:
+        """What bounds a client's reply: the partitions (the SuperNodes' count, or the
+        configured one if larger), the federation's images and a client's pairs and k."""
+        f = self.cfg.federation
+        images = len(self.data.train)
+        return Limits(
+            num_partitions=max(f.num_clients, len(list(grid.get_node_ids()))),
+            max_examples=images,
+            max_samples=images * f.local_epochs,
+            max_pairs=f.eval_pairs,
+            max_k=max(mixing_ks(self.cfg), default=2),
+        )
+
     def run(self, grid: Grid) -> dict:
-        """FedAvg for the remaining rounds; returns the contents of rounds.json."""
+        """The configured strategy for the remaining rounds; returns rounds.json's contents."""
         f = self.cfg.federation
         remaining = f.rounds - self.done
         if remaining <= 0:
             log(INFO, "%s: all %d rounds done", self.checkpoint, f.rounds)
             return self._summary()
-        self.strategy = ScreenedFedAvg(
-            seed=self.cfg.train.seed,
-            max_update_norm=f.max_update_norm,
-            first_round=self.done + 1,
-            capture_dir=self.out / "captured",
-            capture_clients=f.capture_clients,
-            fraction_train=f.fraction_train,
-            fraction_evaluate=f.fraction_evaluate,
-            min_train_nodes=f.min_clients,
-            min_evaluate_nodes=f.min_clients if f.fraction_evaluate > 0 else 0,
-            min_available_nodes=f.min_clients,
+        self.strategy = build_strategy(
+            self.cfg, self.limits(grid), self.done + 1, capture_dir=self.out / "captured"
         )
+        load_server_state(self.strategy, self.saved_server_state)
         port = int(self.options["metrics-port"])
         self.metrics = ServerMetrics(str(self.options["metrics-address"]), port)
         try:
@@ -102,19 +112,25 @@ class ServerRun:
         )
         record: dict[str, Any] = {"round": number, "accuracy": report["accuracy"]}
         if number > 0:
-            stats = dict(self.strategy.round_stats)
-            record["seconds"] = time.perf_counter() - stats.pop("start")
-            record |= {k: v for k, v in stats.items() if k != "round"}
+            stats = self.strategy.stats
+            record["seconds"] = time.perf_counter() - stats.started
+            record |= stats.record()
+            if self.cfg.federation.dp != "none":
+                record["dp"] = self._privacy(stats.aggregated > 0)
+            rejected = stats.rejected + Counter(
+                {f"evaluate_{k}": v for k, v in stats.evaluate_rejected.items()}
+            )
             self.metrics.record_round(
                 number,
                 record["seconds"],
-                sampled=stats["sampled"],
-                succeeded=stats.get("succeeded", 0),
-                failed=stats.get("failed", 0),
-                rejected=stats.get("rejected"),
-                train_loss=stats.get("train", {}).get("loss"),
+                sampled=stats.sampled,
+                succeeded=stats.succeeded,
+                failed=stats.failed,
+                rejected=rejected,
+                train_loss=stats.train.get("loss"),
                 accuracy=report["accuracy"],
-                k_histogram=stats.get("k_histogram"),
+                k_histogram=stats.k_histogram,
+                dp_epsilon=record.get("dp", {}).get("epsilon"),
             )
         record["verification"] = report
         self.history.append(record)
@@ -122,12 +138,30 @@ class ServerRun:
         self._save(number)
         return MetricRecord({"accuracy": report["accuracy"]})
 
+    def _privacy(self, released: bool) -> dict[str, Any]:
+        """DP-FedAvg's budget spent after this round (one release per aggregated round)."""
+        f = self.cfg.federation
+        releases = sum(1 for r in self.history if r.get("dp", {}).get("released")) + released
+        rate = min(1.0, self.strategy.stats.sampled / self.strategy.limits.num_partitions)
+        epsilon = epsilon_spent(f.dp_noise_multiplier, rate, releases, f.dp_delta)
+        log(INFO, "DP-FedAvg: (%.3f, %g)-DP after %d releases", epsilon, f.dp_delta, releases)
+        return {
+            "released": released,
+            "releases": releases,
+            "noise_multiplier": f.dp_noise_multiplier,
+            "clipping_norm": float(self.strategy.clipping_norm),
+            "sample_rate": rate,
+            "epsilon": epsilon,
+            "delta": f.dp_delta,
+        }
+
     def _save(self, number: int) -> None:
         saved = {
             "round": number,
             "state": self.state,
             "history": self.history,
             "config": to_dict(self.cfg),
+            "server_state": server_state(self.strategy) if self.strategy else {},
         }
         atomic_write(self.checkpoint, lambda tmp: torch.save(saved, tmp))
         text = json.dumps(self._summary(), indent=2)

@@ -1,166 +1,456 @@
-"""FedAvg with what a face-recognition federation needs around it: seeded sampling, screening of
-client updates (non-finite or too large: rejected and counted), aggregation in partition order
-(so a restarted run sums in the same order) and, for the threat model, capture of chosen
-clients' updates together with the global model they started from.
+"""The server's strategy: any of Flower's own (`STRATEGIES`), optionally inside one of Flower's
+DP-FedAvg wrappers (`DP_WRAPPERS`), with what a face-recognition federation needs around it.
+
+`Guarded` is a mixin that overrides the four hooks of Flower's Strategy and calls `super()`:
+
+- configure: a seeded draw of nodes (sorted ids, so it depends on the seed and the node set
+  only), rounds numbered from `first_round` (a resumed run continues the count, which FedAdam's
+  bias correction reads);
+- aggregate_train: every reply checked (`server.replies`) and screened (`ahm_core.screening`),
+  one partition once, weights bounded, the chosen clients' updates captured for the threat
+  model, then the base strategy's own aggregation over the rest, in partition order; the result
+  keeps the model's dtypes. A round in which nothing passes keeps the global model;
+- aggregate_evaluate: the same for the clients' verification accuracy.
+
+`build_strategy` composes the class for a config; `server_state` / `load_server_state` carry
+the server optimiser's state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments, adaptive
+clipping norm) through a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from logging import WARNING
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
+from flwr.serverapp.strategy import (
+    Bulyan,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
-from ahm_core.federated import screen_update
+from ahm_core.config import AHMConfig, ConfigError, FederationConfig
 from ahm_core.io import atomic_write
+from ahm_core.screening import bounded_weights, screen_round
+from server.replies import Limits, RejectedError, TrainReply, check_evaluate, check_train, template
 
 
-class ScreenedFedAvg(FedAvg):
-    """FedAvg weighted by examples over the updates that pass `screen_update`.
+def _fedopt(f: FederationConfig, cfg: AHMConfig) -> dict[str, Any]:
+    return {
+        "eta": f.fedopt_eta,
+        "eta_l": cfg.train.lr,
+        "beta_1": f.fedopt_beta_1,
+        "beta_2": f.fedopt_beta_2,
+        "tau": f.fedopt_tau,
+    }
 
-    Rounds are numbered from `first_round` (a resumed run continues the count). After each
-    round `self.round_stats` holds what the round did: sampled, succeeded, failed, rejected
-    by reason, the weighted train loss, the k histogram, and the clients' local accuracy.
-    """
+
+# name -> (Flower's class, its parameters from the config)
+STRATEGIES: dict[str, tuple[type[Strategy], Any]] = {
+    "fedavg": (FedAvg, lambda f, cfg: {}),
+    "fedprox": (FedProx, lambda f, cfg: {"proximal_mu": f.proximal_mu}),
+    "fedavgm": (
+        FedAvgM,
+        lambda f, cfg: {"server_learning_rate": f.server_lr, "server_momentum": f.server_momentum},
+    ),
+    "fedadam": (FedAdam, _fedopt),
+    "fedyogi": (FedYogi, _fedopt),
+    "fedadagrad": (
+        FedAdagrad,
+        lambda f, cfg: {"eta": f.fedopt_eta, "eta_l": cfg.train.lr, "tau": f.fedopt_tau},
+    ),
+    "fedmedian": (FedMedian, lambda f, cfg: {}),
+    "fedtrimmedavg": (FedTrimmedAvg, lambda f, cfg: {"beta": f.trim_beta}),
+    "krum": (Krum, lambda f, cfg: {"num_malicious_nodes": f.malicious_clients}),
+    "multikrum": (
+        MultiKrum,
+        lambda f, cfg: {
+            "num_malicious_nodes": f.malicious_clients,
+            "num_nodes_to_select": f.multikrum_select
+            or max(1, f.min_clients - f.malicious_clients),
+        },
+    ),
+    "bulyan": (Bulyan, lambda f, cfg: {"num_malicious_nodes": f.malicious_clients}),
+}
+# federation.dp -> (Flower's wrapper, its parameters besides the wrapped strategy)
+DP_WRAPPERS: dict[str, tuple[type[Strategy], Any]] = {
+    "server_fixed": (
+        DifferentialPrivacyServerSideFixedClipping,
+        lambda f, n: {
+            "noise_multiplier": f.dp_noise_multiplier,
+            "clipping_norm": f.dp_clipping_norm,
+            "num_sampled_clients": n,
+        },
+    ),
+    "client_fixed": (
+        DifferentialPrivacyClientSideFixedClipping,
+        lambda f, n: {
+            "noise_multiplier": f.dp_noise_multiplier,
+            "clipping_norm": f.dp_clipping_norm,
+            "num_sampled_clients": n,
+        },
+    ),
+    "server_adaptive": (
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        lambda f, n: _adaptive(f, n),
+    ),
+    "client_adaptive": (
+        DifferentialPrivacyClientSideAdaptiveClipping,
+        lambda f, n: _adaptive(f, n),
+    ),
+}
+# State a server optimiser keeps between rounds, by attribute of Flower's strategies.
+OPTIMISER_STATE = ("current_arrays", "momentum_vector", "m_t", "v_t")
+DP_STATE = ("clipping_norm",)
+
+
+def _adaptive(f: FederationConfig, n: int) -> dict[str, Any]:
+    return {
+        "noise_multiplier": f.dp_noise_multiplier,
+        "num_sampled_clients": n,
+        "initial_clipping_norm": f.dp_clipping_norm,
+        "target_clipped_quantile": f.dp_target_quantile,
+        "clip_norm_lr": f.dp_clip_lr,
+        "clipped_count_stddev": f.dp_clipped_count_stddev or None,
+    }
+
+
+@dataclass
+class RoundStats:
+    """What one round did, for rounds.json and the Prometheus exporter."""
+
+    round: int
+    started: float = field(default_factory=time.perf_counter)
+    sampled: int = 0
+    succeeded: int = 0  # replies without an error
+    failed: int = 0  # errors and missing replies
+    accepted: int = 0
+    aggregated: int = 0  # updates the strategy averaged (Krum: one of the accepted)
+    rejected: Counter = field(default_factory=Counter)  # train replies, by reason
+    evaluate_rejected: Counter = field(default_factory=Counter)
+    train_wall: float = 0.0
+    train: dict[str, float] = field(default_factory=dict)
+    k_histogram: dict[str, int] = field(default_factory=dict)
+    client_accuracy: float | None = None
+    updates: list[dict[str, Any]] = field(default_factory=list)  # each reply's verdict
+
+    def record(self) -> dict[str, Any]:
+        """The round as plain data (rounds.json)."""
+        data = asdict(self)
+        del data["started"]
+        data["rejected"], data["evaluate_rejected"] = (
+            dict(self.rejected),
+            dict(self.evaluate_rejected),
+        )
+        return data
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python's and numpy's global RNGs seeded inside, restored after: Flower's node sampling
+    and DP noise draw from them."""
+    saved, saved_np = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+        np.random.set_state(saved_np)
+
+
+class _SortedGrid:
+    """The grid as the base strategy sees it: node ids in sorted order."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+
+def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The round's train metrics over the aggregated replies: weighted loss, totals, k counts."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    weights = [float(m[weight_key]) for m in metrics]
+    ks: Counter = Counter()
+    for m in metrics:
+        ks.update(dict(zip(m["k-values"], m["k-counts"], strict=True)))
+    summary: dict[str, Any] = {
+        "loss": sum(w * float(m["loss"]) for w, m in zip(weights, metrics, strict=True))
+        / sum(weights),
+        "weight": sum(weights),
+        "clients": len(metrics),
+        "images-per-s": sum(float(m["images-per-s"]) for m in metrics),
+        "train-seconds": sum(float(m["train-seconds"]) for m in metrics),
+    }
+    summary |= {f"k-{k}": ks[k] for k in sorted(ks)}
+    return MetricRecord(summary)
+
+
+class Guarded(Strategy):
+    """Checks, screening, seeded sampling, round numbering and capture around a Flower
+    strategy; mixed in before it (`build_strategy`)."""
 
     def __init__(
         self,
-        *,
-        seed: int,
-        max_update_norm: float,
+        *args: Any,
+        cfg: AHMConfig,
+        limits: Limits,
         first_round: int = 1,
         capture_dir: Path | None = None,
-        capture_clients: int = 0,
-        **fedavg: object,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**fedavg)
-        self.seed, self.max_update_norm = seed, max_update_norm
+        super().__init__(*args, **kwargs)
+        self.cfg, self.limits = cfg, limits
         self.offset = first_round - 1
-        self.capture_dir, self.capture_clients = capture_dir, capture_clients
-        self.round_stats: dict = {}
+        self.capture_dir = capture_dir
+        self.stats = RoundStats(first_round)
         self._global: ArrayRecord | None = None
-
-    def _sample(self, grid: Grid, fraction: float, minimum: int, server_round: int) -> list[int]:
-        # sample_nodes waits for min_available_nodes; the draw itself is ours, seeded by round.
-        _, nodes = sample_nodes(grid, self.min_available_nodes, 0)
-        size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
-        return random.Random(self.seed * 1_000_003 + server_round).sample(sorted(nodes), size)
-
-    def _messages(
-        self,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        nodes: list[int],
-        server_round: int,
-        kind: str,
-    ) -> Iterable[Message]:
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, kind)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global arrays to a seeded sample of nodes."""
-        server_round += self.offset
+        """A seeded sample of nodes gets the global arrays, as the base strategy configures."""
+        number = server_round + self.offset
+        self.stats = RoundStats(number)
         self._global = arrays
-        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, server_round)
-        self.round_stats = {"round": server_round, "start": time.perf_counter()}
-        self.round_stats["sampled"] = len(nodes)
-        return self._messages(arrays, config, nodes, server_round, MessageType.TRAIN)
+        with _seeded(self.cfg.train.seed * 1_000_003 + number):
+            messages = list(super().configure_train(number, arrays, config, _SortedGrid(grid)))
+        self.stats.sampled = len(messages)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies, capture the chosen ones, average the rest by examples."""
-        server_round += self.offset
-        self.round_stats["train_wall"] = time.perf_counter() - self.round_stats["start"]
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        valid.sort(key=lambda m: _metrics(m).get("partition-id", 0))
+        """Check and screen the replies, capture the chosen ones, aggregate the rest."""
+        number = server_round + self.offset
+        stats = self.stats
+        stats.train_wall = time.perf_counter() - stats.started
+        replies = sorted(replies, key=lambda m: m.metadata.src_node_id)
+        answered = [m for m in replies if not m.has_error()]
+        stats.succeeded = len(answered)
+        stats.failed = stats.sampled - len(answered)
+        checked = self._checked(answered)
         previous = self._global.to_torch_state_dict()
-        accepted, rejected = [], Counter()
-        for msg in valid:
-            if len(msg.content.array_records) != 1 or "num-examples" not in _metrics(msg):
-                reason = "malformed"
-            else:
-                update = _arrays(msg).to_torch_state_dict()
-                reason = screen_update(previous, update, self.max_update_norm)
-            if reason is None:
-                accepted.append(msg)
-            else:
-                rejected[reason] += 1
-        for msg in accepted[: self.capture_clients]:
-            self._capture(server_round, previous, msg)
-        stats = self.round_stats
-        stats |= {"succeeded": len(valid), "failed": stats["sampled"] - len(valid)}
-        stats |= {"accepted": len(accepted), "rejected": dict(rejected)}
-        if not accepted:
+        f = self.cfg.federation
+        if f.screen and checked:
+            verdicts = screen_round(previous, [c.state for c in checked], f)
+            for reply, verdict in zip(checked, verdicts, strict=True):
+                stats.updates.append({"partition": reply.partition_id, **verdict._asdict()})
+                if verdict.reason is not None:
+                    self._reject(reply.node, verdict.reason, f"update {verdict.ratio:.3g} x model")
+            checked = [c for c, v in zip(checked, verdicts, strict=True) if v.reason is None]
+        stats.accepted = len(checked)
+        if not checked:
+            log(WARNING, "round %d: no update passed; the global model stays", number)
             return None, None
-        contents = [msg.content for msg in accepted]
-        metrics = [_metrics(msg) for msg in accepted]
-        weights = [float(m["num-examples"]) for m in metrics]
-        ks: Counter = Counter()
-        for m in metrics:
-            ks.update(dict(zip(m.get("k-values", []), m.get("k-counts", []), strict=True)))
-        summary = {
-            "loss": sum(w * float(m["loss"]) for w, m in zip(weights, metrics, strict=True))
-            / sum(weights),
-            "num-examples": int(sum(weights)),
-            "images-per-s": sum(float(m["images-per-s"]) for m in metrics),
-            "train-seconds": sum(float(m["train-seconds"]) for m in metrics),
-        }
-        stats |= {"train": summary, "k_histogram": {str(k): ks[k] for k in sorted(ks)}}
-        return aggregate_arrayrecords(contents, self.weighted_by_key), MetricRecord(summary)
+        for reply in checked[: f.capture_clients]:
+            self._capture(number, previous, reply)
+        if f.dp == "none":
+            weights = bounded_weights(
+                [c.metrics["num-examples"] for c in checked], f.max_weight_ratio
+            )
+        else:  # DP-FedAvg averages uniformly: one client moves the mean by at most clip / n
+            weights = [1.0] * len(checked)
+        for reply, weight in zip(checked, weights, strict=True):  # what the base strategy reads
+            reply.message.content = RecordDict(
+                {
+                    "arrays": ArrayRecord(reply.state),
+                    "metrics": MetricRecord({**reply.metrics, "num-examples": weight}),
+                }
+            )
+        with _seeded(self.cfg.train.seed * 1_000_003 + number):
+            arrays, metrics = super().aggregate_train(number, [c.message for c in checked])
+        if arrays is None:
+            return None, metrics
+        stats.train = {k: v for k, v in metrics.items() if not k.startswith("k-")}
+        stats.aggregated = int(metrics["clients"])
+        stats.k_histogram = {k[2:]: int(v) for k, v in metrics.items() if k.startswith("k-")}
+        return _conformed(arrays, self._global), metrics
+
+    def _checked(self, answered: list[Message]) -> list[TrainReply]:
+        """The replies that pass `check_train`, one per partition, in partition order."""
+        expected = template(self._global)
+        checked: dict[int, TrainReply] = {}
+        for msg in answered:
+            try:
+                reply = check_train(msg, expected, self.limits)
+            except RejectedError as err:
+                self._reject(msg.metadata.src_node_id, err.reason, str(err))
+                continue
+            if reply.partition_id in checked:
+                self._reject(reply.node, "partition", f"partition {reply.partition_id} twice")
+                continue
+            checked[reply.partition_id] = reply
+        return [checked[p] for p in sorted(checked)]
+
+    def _reject(self, node: int, reason: str, detail: str, phase: str = "train") -> None:
+        counter = self.stats.rejected if phase == "train" else self.stats.evaluate_rejected
+        counter[reason] += 1
+        log(
+            WARNING,
+            "round %d: %s reply of node %d rejected (%s)",
+            self.stats.round,
+            phase,
+            node,
+            detail,
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask a seeded sample of nodes for their local verification accuracy."""
-        if self.fraction_evaluate == 0.0:
-            return []
-        server_round += self.offset
-        nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, -server_round)
-        return self._messages(arrays, config, nodes, server_round, MessageType.EVALUATE)
+        """A seeded sample of nodes verifies the global backbone on its own pairs."""
+        number = server_round + self.offset
+        with _seeded(self.cfg.train.seed * 1_000_003 - number):
+            return list(super().configure_evaluate(number, arrays, config, _SortedGrid(grid)))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Example-weighted local accuracy over the clients that had validation pairs."""
-        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
-        metrics = [_metrics(m) for m in valid if float(_metrics(m).get("num-examples", 0)) > 0]
-        if not metrics:
+        """Pair-weighted local accuracy over the checked replies that had pairs."""
+        messages = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            try:
+                metrics = check_evaluate(msg, self.limits)
+            except RejectedError as err:
+                self._reject(msg.metadata.src_node_id, err.reason, str(err), phase="evaluate")
+                continue
+            if metrics["num-examples"] > 0:
+                record = {"num-examples": metrics["num-examples"], "accuracy": metrics["accuracy"]}
+                msg.content = RecordDict({"metrics": MetricRecord(record)})
+                messages.append(msg)
+        if not messages:
             return None
-        total = sum(float(m["num-examples"]) for m in metrics)
-        accuracy = sum(float(m["num-examples"]) * float(m["accuracy"]) for m in metrics) / total
-        self.round_stats["client_accuracy"] = accuracy
-        return MetricRecord({"accuracy": accuracy, "num-examples": int(total)})
+        result = super().aggregate_evaluate(server_round + self.offset, messages)
+        if result is not None:
+            self.stats.client_accuracy = float(result["accuracy"])
+        return result
 
-    def _capture(self, server_round: int, previous: dict, msg: Message) -> None:
+    def _capture(self, number: int, previous: dict, reply: TrainReply) -> None:
         """Store a client's update with the global model it started from (threat model)."""
-        metrics = dict(_metrics(msg))
-        partition_id = int(metrics.get("partition-id", msg.metadata.src_node_id))
         record = {
-            "round": server_round,
-            "partition_id": partition_id,
+            "round": number,
+            "partition_id": reply.partition_id,
             "global": previous,
-            "update": _arrays(msg).to_torch_state_dict(),
-            "metrics": metrics,
+            "update": reply.state,
+            "metrics": reply.metrics,
         }
-        path = self.capture_dir / f"round_{server_round:04d}" / f"partition_{partition_id}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.capture_dir / f"round_{number:04d}" / f"partition_{reply.partition_id}.pt"
         atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
-def _arrays(msg: Message) -> ArrayRecord:
-    return next(iter(msg.content.array_records.values()))
+def _conformed(arrays: ArrayRecord, like: ArrayRecord) -> ArrayRecord:
+    """`arrays` in the dtypes of `like` (a mean of integer counters is rounded back)."""
+    out = {}
+    for key, array in arrays.items():
+        value, dtype = array.numpy(), np.dtype(like[key].dtype)
+        if value.dtype != dtype:
+            value = np.rint(value) if dtype.kind in "iu" else value
+            value = value.astype(dtype)
+        out[key] = Array(np.asarray(value))
+    return ArrayRecord(out)
 
 
-def _metrics(msg: Message) -> MetricRecord:
-    return next(iter(msg.content.metric_records.values()), MetricRecord())
+def build_strategy(
+    cfg: AHMConfig, limits: Limits, first_round: int = 1, capture_dir: Path | None = None
+) -> Strategy:
+    """`federation.strategy` (inside `federation.dp`'s wrapper when set) with `Guarded` mixed
+    in before it."""
+    f = cfg.federation
+    base, params = STRATEGIES[f.strategy]
+    kwargs: dict[str, Any] = {
+        "fraction_train": f.fraction_train,
+        "fraction_evaluate": f.fraction_evaluate,
+        "min_train_nodes": f.min_clients,
+        "min_evaluate_nodes": f.min_clients if f.fraction_evaluate > 0 else 0,
+        "min_available_nodes": f.min_clients,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+        **params(f, cfg),
+    }
+    guard = {"cfg": cfg, "limits": limits, "first_round": first_round, "capture_dir": capture_dir}
+    if f.dp == "none":
+        return type(f"Guarded{base.__name__}", (Guarded, base), {})(**kwargs, **guard)
+    wrapper, dp_params = DP_WRAPPERS[f.dp]
+    sampled = max(f.min_clients, int(limits.num_partitions * f.fraction_train))
+    cls = type(f"Guarded{wrapper.__name__}", (Guarded, wrapper), {})
+    try:
+        return cls(base(**kwargs), **dp_params(f, sampled), **guard)
+    except ValueError as err:  # Flower's own check of the DP parameters
+        raise ConfigError(f"federation.dp={f.dp}: {err}") from None
+
+
+def _aggregator(strategy: Strategy) -> Strategy:
+    """The strategy that aggregates: the wrapped one inside a DP wrapper."""
+    return getattr(strategy, "strategy", strategy)
+
+
+def _to_torch(value: Any) -> Any:
+    if isinstance(value, ArrayRecord):
+        return {"array_record": value.to_torch_state_dict()}
+    if isinstance(value, np.ndarray | np.generic):  # a 0-d difference is a numpy scalar
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, dict):
+        return {k: _to_torch(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_torch(v) for v in value]
+    return value
+
+
+def _from_torch(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"array_record"}:
+        return ArrayRecord(value["array_record"])
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _from_torch(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_torch(v) for v in value]
+    return value
+
+
+def server_state(strategy: Strategy) -> dict[str, Any]:
+    """What the server optimiser (and adaptive clipping) carries between rounds, as tensors."""
+    state = {}
+    for obj, names in ((_aggregator(strategy), OPTIMISER_STATE), (strategy, DP_STATE)):
+        for name in names:
+            if getattr(obj, name, None) is not None:
+                state[name] = _to_torch(getattr(obj, name))
+    return state
+
+
+def load_server_state(strategy: Strategy, state: dict[str, Any]) -> None:
+    """Restore what `server_state` saved."""
+    for obj, names in ((_aggregator(strategy), OPTIMISER_STATE), (strategy, DP_STATE)):
+        for name in names:
+            if name in state:
+                setattr(obj, name, _from_torch(state[name]))

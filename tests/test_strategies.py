@@ -1,0 +1,164 @@
+"""Every Flower strategy and DP-FedAvg wrapper for one round end to end on the smallest model
+(in-process, `simulations.local`), exact resume with a stateful server optimiser, FedProx's
+proximal term, and the DP accountant against a hand computation."""
+
+import math
+
+import pytest
+import test_federated_task
+import torch
+from flwr.app import MessageType
+from opacus.accountants import RDPAccountant
+
+from ahm_core.config import DP_MODES, STRATEGIES, AHMConfig, apply_overrides
+from ahm_core.federated import federated_data, initial_state, local_train, run_masking
+from ahm_core.screening import floating_keys, norm
+from server.privacy import epsilon_spent
+from simulations.local import LocalGrid, run_local
+
+NODES = 3
+ONE_ROUND = {
+    **test_federated_task.TINY,
+    "masking.method": "ppfr_fd",
+    "federation.rounds": 1,
+    "federation.local_epochs": 1,
+    "federation.num_clients": NODES,
+    "federation.min_clients": NODES,
+    "federation.malicious_clients": 0,  # Bulyan needs 4f + 3 clients: f = 0 with 3
+    "federation.fraction_evaluate": 0.0,
+}
+
+
+def config(**extra) -> AHMConfig:
+    return apply_overrides(AHMConfig(), {**ONE_ROUND, **extra})
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_trains_a_round_with_checks_and_screening(strategy, tmp_path):
+    summary = run_local(config(**{"federation.strategy": strategy}), tmp_path, NODES)
+    r = summary["rounds"][1]
+    assert (r["sampled"], r["succeeded"], r["accepted"], r["rejected"]) == (NODES, NODES, NODES, {})
+    assert r["aggregated"] == (1 if strategy == "krum" else NODES)
+    assert len(r["updates"]) == NODES and all(u["reason"] is None for u in r["updates"])
+    assert math.isfinite(r["train"]["loss"]) and 0 <= summary["final_accuracy"] <= 1
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(
+        v.dtype == torch.float32 for k, v in saved["state"].items() if "num_batches" not in k
+    )
+
+
+@pytest.mark.parametrize("dp", [m for m in DP_MODES if m != "none"])
+def test_dp_fedavg_clips_adds_noise_and_accounts(dp, tmp_path):
+    clip = 0.05
+    cfg = config(
+        **{
+            "federation.dp": dp,
+            "federation.dp_clipping_norm": clip,
+            "federation.dp_noise_multiplier": 0.5,
+            "federation.dp_clipped_count_stddev": 1.0,  # Flower's n / 20 is too low for n = 3
+            "federation.rounds": 2,
+        }
+    )
+    summary = run_local(cfg, tmp_path, NODES)
+    rounds = summary["rounds"][1:]
+    for number, r in enumerate(rounds, 1):
+        assert r["dp"]["releases"] == number
+        assert r["dp"]["epsilon"] == pytest.approx(epsilon_spent(0.5, 1.0, number, 1e-5))
+    adaptive = dp.endswith("adaptive")
+    assert (rounds[-1]["dp"]["clipping_norm"] != clip) == adaptive
+
+
+@pytest.mark.parametrize("dp", ["server_fixed", "client_fixed"])
+def test_dp_clipping_bounds_what_a_round_can_move(dp, tmp_path):
+    clip = 1e-3
+    cfg = config(
+        **{
+            "federation.dp": dp,
+            "federation.dp_clipping_norm": clip,
+            "federation.dp_noise_multiplier": 1e-6,  # noise std 1e-6 * clip / n per weight
+        }
+    )
+    data = federated_data(cfg)
+    start = initial_state(cfg, run_masking(cfg, data), data)
+    run_local(cfg, tmp_path, NODES)
+    end = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]
+    keys = floating_keys(end)
+    assert 0 < norm({k: end[k] - start[k] for k in keys}, keys) < 1.01 * clip
+    unclipped = run_local(config(), tmp_path / "plain", NODES)
+    plain = torch.load(unclipped["checkpoint"], weights_only=True)["state"]
+    assert norm({k: plain[k] - start[k] for k in keys}, keys) > 100 * clip
+
+
+class KilledGrid(LocalGrid):
+    """A grid whose server dies when the second round's training is sent."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            self.trains = getattr(self, "trains", 0) + 1
+            if self.trains == 2:
+                raise KeyboardInterrupt
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_resume_is_exact_with_a_stateful_server_optimiser(strategy, tmp_path):
+    cfg = config(**{"federation.strategy": strategy, "federation.rounds": 2})
+    whole = run_local(cfg, tmp_path / "whole", NODES, **{"client-state-dir": str(tmp_path / "w")})
+    broken, state_dir = tmp_path / "broken", {"client-state-dir": str(tmp_path / "clients")}
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, broken, NODES, KilledGrid, **state_dir)
+    saved = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert saved["round"] == 1 and saved["server_state"]  # FedAdam's moments, FedAvgM's momentum
+    resumed = run_local(cfg, broken, NODES, **state_dir)
+    a = torch.load(whole["checkpoint"], weights_only=True)["state"]
+    b = torch.load(resumed["checkpoint"], weights_only=True)["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Without the optimiser's state the same resume ends elsewhere: the test can fail.
+    saved["server_state"] = {}
+    torch.save(saved, broken / "checkpoint.pt")
+    amnesic = run_local(cfg, broken, NODES, **state_dir)
+    c = torch.load(amnesic["checkpoint"], weights_only=True)["state"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fedprox_pulls_the_local_model_towards_the_global_one():
+    cfg = test_federated_task.tiny(**{"federation.local_epochs": 3})
+    data, masking, client = test_federated_task.setup(cfg)
+    start = test_federated_task.initial_state(cfg, masking, data)
+    keys = [k for k in floating_keys(start) if "running_" not in k]  # weights, not BN statistics
+
+    def distance(mu: float) -> float:
+        shared = local_train(cfg, data, client, masking, start, 1, proximal_mu=mu).shared
+        return norm({k: shared[k] - start[k] for k in keys}, keys)
+
+    assert distance(100.0) < 0.5 * distance(0.0)
+
+
+def test_the_accountant_matches_a_hand_computation():
+    # q = 1: the Gaussian mechanism's RDP is T * a / (2 z^2) at every order a, and RDP turns into
+    # (epsilon, delta) by Balle et al. 2020 (Theorem 21), minimised over Opacus's orders.
+    z, rounds, delta = 1.1, 5, 1e-5
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    by_hand = min(
+        rounds * a / (2 * z**2) - (math.log(delta) + math.log(a)) / (a - 1) + math.log((a - 1) / a)
+        for a in orders
+    )
+    assert epsilon_spent(z, 1.0, rounds, delta) == pytest.approx(by_hand, rel=1e-9)
+    # q < 1, integer orders: the subsampled Gaussian's A_a = sum_k C(a, k) (1-q)^(a-k) q^k
+    # exp((k^2 - k) / (2 z^2)) (Mironov et al. 2019), RDP = T log(A_a) / (a - 1).
+    z, q, rounds = 4.0, 0.25, 20
+
+    def rdp(a: int) -> float:
+        total = sum(
+            math.comb(a, k) * (1 - q) ** (a - k) * q**k * math.exp((k * k - k) / (2 * z * z))
+            for k in range(a + 1)
+        )
+        return rounds * math.log(total) / (a - 1)
+
+    integers = [int(a) for a in orders if float(a).is_integer() and a >= 2]
+    by_hand = min(
+        rdp(a) - (math.log(delta) + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in integers
+    )
+    assert epsilon_spent(z, q, rounds, delta) == pytest.approx(by_hand, rel=1e-6)
+    assert epsilon_spent(z, q, 0, delta) == 0.0
