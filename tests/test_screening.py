@@ -13,17 +13,23 @@ from ahm_core.faults import (
 )
 from ahm_core.screening import bounded_weights, screen_round
 
-GLOBAL = {"w": torch.ones(50), "b": torch.ones(10), "count": torch.tensor(7)}
+GLOBAL = {
+    "w": torch.ones(50),
+    "b": torch.ones(10),
+    "bn.running_mean": torch.zeros(8),
+    "bn.running_var": torch.ones(8),
+    "count": torch.tensor(7),
+}
 
 
 def honest(seed: int, size: float = 0.1) -> dict:
-    """An update of about `size` x the model's norm, mostly along a shared direction."""
+    """An update of about `size` x the weights' norm in a direction of its own, and running
+    statistics that move the way every client's do (towards the data's)."""
     g = torch.Generator().manual_seed(seed)
-    common = {k: torch.linspace(-1, 1, len(v)) for k, v in GLOBAL.items() if k != "count"}
-    state = {
-        k: GLOBAL[k] + size * (common[k] + 0.3 * torch.randn(len(v), generator=g))
-        for k, v in common.items()
-    }
+    state = {k: GLOBAL[k] + size * torch.randn(len(GLOBAL[k]), generator=g) for k in ("w", "b")}
+    shared = torch.linspace(0.5, 1.5, 8)
+    state["bn.running_mean"] = shared + 0.05 * torch.randn(8, generator=g)
+    state["bn.running_var"] = 1 + shared + 0.05 * torch.randn(8, generator=g)
     return {**state, "count": torch.tensor(9)}
 
 
@@ -41,13 +47,26 @@ def test_honest_updates_pass_and_each_bad_kind_is_named():
     scaled200 = {k: GLOBAL[k] + 200 * (v - GLOBAL[k]) for k, v in good[0].items()}
     zeros = {k: torch.zeros_like(v) for k, v in GLOBAL.items()}
     stale = dict(GLOBAL)
-    got = reasons([*good[1:], flipped, scaled10, scaled200, zeros, stale])
-    assert got == [None] * 4 + ["direction", "norm_outlier", "norm", "norm_outlier", "stale"]
+    mean = good[0]["bn.running_mean"]
+    flipped_mean = {**good[0], "bn.running_mean": 2 * GLOBAL["bn.running_mean"] - mean}
+    got = reasons([*good[1:], flipped_mean, flipped, scaled10, scaled200, zeros, stale])
+    expected = ["direction", "statistics", "norm_outlier", "norm", "norm_outlier", "stale"]
+    assert got == [None] * 4 + expected
+
+
+def test_a_flip_of_the_weights_alone_looks_like_an_honest_update():
+    """Honest weight updates are near-orthogonal, so the weights' direction is not bounded."""
+    good = [honest(i) for i in range(5)]
+    flipped = {**good[0], **{k: 2 * GLOBAL[k] - good[0][k] for k in ("w", "b")}}
+    assert reasons([*good[1:], flipped]) == [None] * 5
 
 
 def test_a_round_too_small_for_a_majority_keeps_only_the_model_bounds():
     good = [honest(0), honest(1)]
-    flipped = {k: 2 * GLOBAL[k] - v for k, v in good[0].items()}
+    flipped = {
+        **good[0],
+        "bn.running_mean": 2 * GLOBAL["bn.running_mean"] - good[0]["bn.running_mean"],
+    }
     assert reasons([good[1], flipped]) == [None, None]  # two updates: no majority to ask
     big = {k: GLOBAL[k] + 200 * (v - GLOBAL[k]) for k, v in good[0].items()}
     assert reasons([good[1], big]) == [None, "norm"]  # 13 x the model's norm
@@ -57,7 +76,8 @@ def test_a_round_too_small_for_a_majority_keeps_only_the_model_bounds():
 def test_the_verdicts_describe_every_update():
     verdicts = screen_round(GLOBAL, [honest(i) for i in range(3)], FederationConfig())
     for v in verdicts:
-        assert 0.05 < v.ratio < 0.5 and v.norm > 0 and 0.5 < v.cosine <= 1
+        assert 0.05 < v.ratio < 0.5 and v.norm > 0 and abs(v.cosine) < 0.5
+        assert 0.9 < v.statistics_cosine <= 1
 
 
 def test_weights_are_bounded_by_the_rounds_median_claim():
@@ -95,8 +115,9 @@ def test_corrupting_modes_build_on_the_honest_update():
     assert torch.allclose(run("signflip", 2.0)[0]["w"], start["w"] - 2 * delta)
     assert torch.allclose(run("scale", 10.0)[0]["w"], start["w"] + 10 * delta)
     noisy = run("noise", 3.0)[0]
-    moved = float(torch.cat([noisy[k] - start[k] for k in ("w", "b")]).norm())
-    honest_norm = float(torch.cat([shared[k] - start[k] for k in ("w", "b")]).norm())
+    floats = [k for k, v in start.items() if v.is_floating_point()]
+    moved = float(torch.cat([noisy[k] - start[k] for k in floats]).norm())
+    honest_norm = float(torch.cat([shared[k] - start[k] for k in floats]).norm())
     assert moved == pytest.approx(3 * honest_norm, rel=1e-4)
     assert all(float(v.abs().sum()) == 0 for k, v in run("zeros")[0].items() if k != "count")
     assert all(run("stale")[0][k] is start[k] for k in start)

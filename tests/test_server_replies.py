@@ -16,6 +16,7 @@ LIMITS = Limits(num_partitions=5, max_examples=1000, max_samples=2000, max_pairs
 GLOBAL = {
     "backbone.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3),
     "backbone.b": np.ones(3, dtype=np.float32),
+    "backbone.bn.running_var": np.ones(6, dtype=np.float32),
     "backbone.n": np.array(5, dtype=np.int64),
 }
 HONEST = 4  # partitions 0..3 answer honestly; the odd reply comes from the last node
@@ -44,6 +45,7 @@ def update(partition: int) -> dict:
         "backbone.b": (GLOBAL["backbone.b"] * 0.95 + 0.01 * rng.standard_normal(3)).astype(
             np.float32
         ),
+        "backbone.bn.running_var": (2 + 0.01 * rng.standard_normal(6)).astype(np.float32),
         "backbone.n": np.array(9, dtype=np.int64),
     }
 
@@ -217,7 +219,7 @@ def test_a_bad_train_reply_is_rejected_with_its_reason(name):
 def test_the_clean_round_averages_every_honest_reply_in_the_models_dtypes():
     _, stats = round_of(content())  # a fifth honest reply
     assert stats.accepted == stats.aggregated == HONEST + 1 and not stats.rejected
-    assert [CLEAN[k].dtype for k in GLOBAL] == ["float32", "float32", "int64"]
+    assert [CLEAN[k].dtype for k in GLOBAL] == ["float32", "float32", "float32", "int64"]
     assert CLEAN["backbone.n"].numpy() == 9
     assert stats.train["weight"] == sum(40 + p for p in range(HONEST + 1))
     assert stats.k_histogram == {"2": 150, "3": 50}
@@ -249,7 +251,7 @@ def test_a_weight_above_the_bound_counts_at_the_bound():
 def test_screening_rejects_a_sign_flipped_update_that_the_checks_let_through():
     flipped = {k: 2 * GLOBAL[k] - v if v.dtype.kind == "f" else v for k, v in update(4).items()}
     arrays, stats = round_of(content(state=flipped))
-    assert stats.rejected == {"direction": 1} and same(arrays, CLEAN)
+    assert stats.rejected == {"statistics": 1} and same(arrays, CLEAN)  # a negative variance
     arrays, stats = round_of(content(state=flipped), **{"federation.screen": False})
     assert stats.accepted == HONEST + 1 and not same(arrays, CLEAN)
 
