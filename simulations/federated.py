@@ -18,17 +18,41 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.config import AHMConfig
-from ahm_core.report import federated_report
-from simulations.flower import launch
+from simulations.flower import LaunchInterrupted, ServerAppError, bind_error, launch
 from simulations.schema import register, split_run_config
 
 PROG = "federated"
 register()
 
 
+def check_launch(cfg: AHMConfig, options: dict[str, Any], prog: str) -> None:
+    """End the program with one line when the launch options of FederatedRunConfig cannot give
+    a federation: too few SuperNodes for `federation.min_clients` (Flower would wait for the
+    missing ones forever), a metrics port out of range, or one that cannot be served."""
+    supernodes, minimum = options["supernodes"], cfg.federation.min_clients
+    port, address = options["metrics_port"], options["metrics_address"]
+    if supernodes < 1:
+        raise SystemExit(f"{prog}: supernodes={supernodes}: expected at least 1 SuperNode")
+    if supernodes < minimum:
+        raise SystemExit(
+            f"{prog}: supernodes={supernodes}: below federation.min_clients={minimum}; expected "
+            f"supernodes>={minimum} (or a lower federation.min_clients)"
+        )
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"{prog}: metrics_port={port}: expected 0 (off) or a TCP port 1..65535")
+    error = bind_error(address, port) if port else None
+    if error is not None:
+        raise SystemExit(
+            f"{prog}: metrics_port={port}: cannot serve on metrics_address={address} "
+            f"({error.strerror or error}); expected a free port, or 0 (off)"
+        )
+
+
 def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str) -> dict:
     """`flwr run` of cfg with the launch options of FederatedRunConfig, writing under `out`;
-    a failed run ends the program with one line."""
+    bad options, a failed run, a failed ServerApp or SIGINT/SIGTERM end the program with one
+    line."""
+    check_launch(cfg, options, prog)
     try:
         return launch(
             cfg,
@@ -45,6 +69,10 @@ def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str
         )
     except subprocess.CalledProcessError as err:
         raise SystemExit(f"{prog}: flwr run failed with exit status {err.returncode}") from None
+    except ServerAppError as err:
+        raise SystemExit(f"{prog}: {err}") from None
+    except LaunchInterrupted as err:
+        raise SystemExit(f"{prog}: interrupted ({err.signal}); stopped the SuperLink") from None
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="federated")
@@ -56,6 +84,8 @@ def main(hcfg: DictConfig) -> None:
     print(f"{PROG}: final verification accuracy {summary['final_accuracy']:.4f}")
     print(f"{PROG}: per-round results in {out / 'rounds.json'}")
     if options["report"]:
+        from ahm_core.report import federated_report  # torchvision, scipy: only when asked
+
         report = federated_report(cfg, summary, out, log=lambda line: print(f"{PROG}: {line}"))
         print(f"{PROG}: privacy/accuracy report in {report}")
 

@@ -3,7 +3,11 @@
 Each launch gets its own FLWR_HOME (`flwr_home/` in the run folder) and free ports, so launches
 never collide; it writes the whole run config as `run_config.toml` in the run folder and stops the
 SuperLink that `flwr run` started (by the PID of the process whose command line names that
-FLWR_HOME), with the simulation it runs, however the run ends. Linux: processes are read from /proc.
+FLWR_HOME), with the simulation it runs, however the run ends: SIGINT and SIGTERM during a launch
+stop it too, then raise LaunchInterrupted. `flwr run` exits 0 even when the ServerApp raised, so
+a launch trusts only the ServerApp's `status.json` that carries this launch's token (a fresh
+`run-token`): anything else raises ServerAppError and no rounds.json is read. Linux: processes are
+read from /proc.
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import tomli_w
 
 from ahm_core.config import AHMConfig, to_flat
 from ahm_core.federated import APP_DEFAULTS
+from server.app import status_error
 
 PROJECT = Path(__file__).resolve().parents[1]  # holds pyproject.toml's [tool.flwr.app]
 FLWR_HOME = "flwr_home"  # each launch's FLWR_HOME, in its run folder
@@ -34,12 +43,40 @@ OFFLINE = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a launch and its SuperLink
+
+
+class ServerAppError(RuntimeError):
+    """The ServerApp of a launch failed, or ended without reporting that it completed."""
+
+
+class LaunchInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a launch; its SuperLink was stopped before this was raised."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.signal = name  # SIGINT or SIGTERM
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bind_error(address: str, port: int) -> OSError | None:
+    """Why a TCP server could not listen on address:port now (binding as prometheus_client's
+    exporter does, with SO_REUSEADDR), or None when it could."""
+    try:
+        info = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, where = info[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(where)
+    except OSError as err:  # socket.gaierror, an address that is not here, a port in use
+        return err
+    return None
 
 
 def run_config(cfg: AHMConfig, out_dir: Path, **options: Any) -> dict[str, Any]:
@@ -75,12 +112,16 @@ def launch(
     """`flwr run` the federation `cfg` describes with `supernodes` clients; returns rounds.json.
 
     `options` are app options (`metrics-port`, `client-state-dir`, `resume`, ...). Output goes
-    to this process's stdout unless `stream` is False; a failed run raises CalledProcessError.
+    to this process's stdout unless `stream` is False. A failed `flwr run` raises
+    CalledProcessError, a ServerApp that did not complete ServerAppError, SIGINT or SIGTERM
+    LaunchInterrupted (in the main thread; the SuperLink is stopped in every case).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    config = run_config(cfg, out_dir, **{**options, "run-token": token})
     config_file = out_dir / "run_config.toml"
-    config_file.write_bytes(tomli_w.dumps(run_config(cfg, out_dir, **options)).encode())
+    config_file.write_bytes(tomli_w.dumps(config).encode())
     federation = (
         f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client} "
         f"client-resources-num-gpus={gpus_per_client}"
@@ -92,14 +133,53 @@ def launch(
     command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT), "--stream"]
     command += ["--run-config", str(config_file), "--federation-config", federation]
     output = None if stream else subprocess.DEVNULL
-    try:
-        subprocess.run(
-            command, env=flwr_env(home), check=True, timeout=timeout, stdout=output, stderr=output
-        )
-    finally:
-        stop_superlink(home)
-        shutil.rmtree(home, ignore_errors=True)
+    env = flwr_env(home)
+    with _signals_raise() as hold:
+        try:  # an exception here (LaunchInterrupted too) kills `flwr run`: subprocess.run does
+            subprocess.run(
+                command, env=env, check=True, timeout=timeout, stdout=output, stderr=output
+            )
+        finally:
+            hold()
+            stop_superlink(home)
+            shutil.rmtree(home, ignore_errors=True)
+    error = status_error(out_dir, token)
+    if error is not None:
+        raise ServerAppError(error)
     return json.loads((out_dir / "rounds.json").read_text())
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[Callable[[], None]]:
+    """Inside the block SIGINT and SIGTERM raise LaunchInterrupted, until the function it yields
+    is called: after that they are only noted, so cleanup runs to its end, and the first one is
+    raised when the block ends. The previous handlers come back then. Only the main thread can
+    handle signals: elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    noted: list[str] = []
+    armed = True
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal armed
+        noted.append(signal.Signals(signum).name)
+        if armed:
+            armed = False
+            raise LaunchInterrupted(noted[0])
+
+    def hold() -> None:
+        nonlocal armed
+        armed = False
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield hold
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+    if noted:
+        raise LaunchInterrupted(noted[0])
 
 
 def _stat(pid: int | str) -> list[str]:

@@ -85,7 +85,7 @@ def test_flwr_run_trains_captures_and_exports_metrics(tmp_path):
     assert summary["final_accuracy"] > rounds[0]["accuracy"] + 0.03  # beats the untrained model
     for r in rounds[1:]:
         assert (r["sampled"], r["succeeded"], r["failed"], r["accepted"]) == (2, 2, 0, 2)
-        assert r["train"]["num-examples"] > 0 and 0 < r["client_accuracy"] <= 1
+        assert r["train"]["weight"] > 0 and 0 < r["client_accuracy"] <= 1
         assert set(r["k_histogram"]) == {"2", "3"}
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["round"] == 2 and saved["history"] == json.loads(json.dumps(rounds))
@@ -131,7 +131,7 @@ def test_the_run_completes_on_the_survivors(tmp_path, mode, extra):
         assert (r["succeeded"], r["accepted"], r["rejected"]) == (3, 2, {"non_finite": 1})
     else:
         assert (r["succeeded"], r["failed"], r["accepted"]) == (2, 1, 2)
-    assert r["train"]["num-examples"] > 0
+    assert r["train"]["weight"] > 0
 
 
 def _federated_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
