@@ -16,6 +16,11 @@ model), and the masking pipeline with its keys (white box). Per defence:
   faces, latents optimised for identities of client 0 through its released head, judged by an
   independent classifier trained on client 0's faces.
 Identity leakage and feature indices use the run's unmasked ArcFace reference network.
+
+Runs trained otherwise enter the report as rows of their own (`compared`): the DP-FedAvg row is
+an unmasked ArcFace federation trained with DP-FedAvg (`dp_fedavg_config`), attacked the same way
+at its own captured global model and released model, beside its accuracy and (epsilon, delta).
+Every row with a trained run carries that run's final verification accuracy.
 """
 
 from __future__ import annotations
@@ -64,18 +69,57 @@ from ahm_core.train import resolve_device
 Log = Callable[[str], None]
 
 
-def run_threat_model(
-    run_dir: str | Path, attack_cfg: AHMConfig | None = None, log: Log = print
-) -> Path:
-    """Attack the finished run in `run_dir` (its attack budget from `attack_cfg.attack` when
-    given); writes threat_report.md and threat_report.json there and returns the report's path."""
-    run_dir = Path(run_dir)
+DP_FEDAVG = "dp_fedavg"  # the row of an unmasked ArcFace federation trained with DP-FedAvg
+
+
+def dp_fedavg_config(run_dir: Path, settings: AHMConfig) -> AHMConfig:
+    """The DP-FedAvg row's run: the config of the run in `run_dir` unmasked (ArcFace), with the
+    `federation.dp*` settings of `settings`; federation.dp as set there, or client-side fixed
+    clipping (the server then sees only clipped updates)."""
+    cfg, _, _ = _load_run(run_dir, None)
+    dp = {k: v for k, v in to_flat(settings).items() if k.startswith("federation.dp")}
+    if dp["federation.dp"] == "none":
+        dp["federation.dp"] = "client_fixed"
+    return apply_overrides(
+        cfg, {**dp, "masking.method": "arcface", "federation.strategy": "fedavg"}
+    )
+
+
+def _load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, dict, dict]:
+    """A finished run's config (with `attack_cfg`'s attack budget), checkpoint and rounds.json."""
     saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = from_dict(saved["config"])
     if attack_cfg is not None:
         budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}
         cfg = apply_overrides(cfg, budget)
-    summary = json.loads((run_dir / "rounds.json").read_text())
+    return cfg, saved, json.loads((run_dir / "rounds.json").read_text())
+
+
+def _trained(summary: dict) -> dict[str, Any]:
+    """A trained run's figures for its row: final accuracy with its 10-fold std, and the
+    DP-FedAvg budget spent when it had one."""
+    last = summary["rounds"][-1]
+    figures = {
+        "accuracy": summary["final_accuracy"],
+        "accuracy_std": last["verification"]["accuracy_std"],
+    }
+    if "dp" in last:
+        figures["dp"] = {k: last["dp"][k] for k in ("epsilon", "delta", "noise_multiplier")}
+        figures["dp"]["clipping_norm"] = last["dp"]["clipping_norm"]
+    return figures
+
+
+def run_threat_model(
+    run_dir: str | Path,
+    attack_cfg: AHMConfig | None = None,
+    log: Log = print,
+    compared: dict[str, Path] | None = None,
+) -> Path:
+    """Attack the finished run in `run_dir` (its attack budget from `attack_cfg.attack` when
+    given), and each run of `compared` (row name -> run folder) as a row of its own; writes
+    threat_report.md and threat_report.json in `run_dir` and returns the report's path."""
+    run_dir = Path(run_dir)
+    cfg, saved, summary = _load_run(run_dir, attack_cfg)
     device = resolve_device(cfg.train.device)
     data = federated_data(cfg)
     log("threat model: the unmasked ArcFace reference network")
@@ -87,6 +131,16 @@ def run_threat_model(
     for defence in cfg.attack.defences:
         log(f"threat model: {defence}")
         rows[defence] = _defence_row(context, defence, log)
+    if cfg.masking.method in rows:
+        rows[cfg.masking.method] |= _trained(summary)
+    for name, other_dir in (compared or {}).items():
+        log(f"threat model: {name} (the run in {other_dir})")
+        other_cfg, other_saved, other_summary = _load_run(Path(other_dir), attack_cfg)
+        other = _Context(
+            other_cfg, data, Path(other_dir), other_saved, other_summary, feature, lpips, device
+        )
+        rows[name] = _defence_row(other, other_cfg.masking.method, log, run_dir / "threat" / name)
+        rows[name] |= {"method": other_cfg.masking.method, **_trained(other_summary)}
     result = {"run": str(run_dir), "method": cfg.masking.method, "defences": rows}
     text = json.dumps(result, indent=2)
     atomic_write(run_dir / "threat_report.json", lambda tmp: tmp.write_text(text))
@@ -138,10 +192,10 @@ class _Context:
         return None if self.capture is None else self.capture["global"]
 
 
-def _defence_row(ctx: _Context, defence: str, log: Log) -> dict:
+def _defence_row(ctx: _Context, defence: str, log: Log, folder: Path | None = None) -> dict:
     cfg = apply_overrides(ctx.cfg, {"masking.method": defence})
     pipeline = masking_for_run(cfg, ctx.data.faces, ctx.data.train)
-    folder = ctx.run_dir / "threat" / defence
+    folder = folder or ctx.run_dir / "threat" / defence
     row = {"gradient_inversion": _gradient_inversion(ctx, cfg, pipeline, folder)}
     if pipeline.mixing is not None:
         log(f"threat model: {defence}: demixing")
@@ -309,6 +363,22 @@ def _client_head(ctx: _Context, cfg: AHMConfig) -> tuple[nn.Module, Any] | None:
     return head, client
 
 
+def _compared_notes(rows: dict) -> list[str]:
+    """One line per DP-trained row: what it is and the budget it spent."""
+    notes = []
+    for name, row in rows.items():
+        if "dp" in row:
+            dp = row["dp"]
+            notes.append(
+                f"`{name}`: {row['method']} trained with DP-FedAvg, noise multiplier "
+                f"{dp['noise_multiplier']}, clipping norm {fmt(dp['clipping_norm'])}: "
+                f"({fmt(dp['epsilon'], 2)}, {dp['delta']:g})-DP (Opacus RDP accountant). The "
+                "noise is added to the aggregate, so a curious server still sees each client's "
+                "clipped update."
+            )
+    return ["", *notes] if notes else []
+
+
 def _markdown(cfg: AHMConfig, result: dict) -> str:
     rows, gi_rows, grids = result["defences"], [], []
     for defence, row in rows.items():
@@ -326,6 +396,10 @@ def _markdown(cfg: AHMConfig, result: dict) -> str:
                 f"{d['components_recovered']}/{d['images']}" if d else "-",
                 f"{d['faces_recovered']}/{d['images']}" if "faces_recovered" in d else "-",
                 f"{fmt(mi['top1'])} / {fmt(mi['top5'])}" if "top1" in mi else "-",
+                f"{fmt(row['accuracy'])} ± {fmt(row['accuracy_std'])}"
+                if "accuracy" in row
+                else "-",
+                fmt(row["dp"]["epsilon"], 2) if "dp" in row else "-",
             ]
         )
         grids.append(
@@ -341,6 +415,8 @@ def _markdown(cfg: AHMConfig, result: dict) -> str:
         "Demixed components",
         "Demixed faces",
         "GMI top-1 / top-5",
+        "Accuracy ± std",
+        "DP epsilon",
     ]
     return "\n".join(
         [
@@ -355,7 +431,10 @@ def _markdown(cfg: AHMConfig, result: dict) -> str:
             f"{cfg.attack.demix_rounds} 2-mixes each, in the masked domain and, with the keys, as "
             "faces. GMI: model inversion of the released model (the run's defence only), "
             "accuracy by an independent classifier. Larger A_feat and lower rank-1 mean more "
-            "privacy.",
+            "privacy. Accuracy: final verification accuracy of a trained run, with its 10-fold "
+            "std (the run's own defence and the compared runs; the others are attacked at the "
+            "initial model and have none).",
+            *_compared_notes(rows),
             "",
             md_table(header, gi_rows),
             "",

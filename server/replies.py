@@ -32,8 +32,10 @@ class RejectedError(ValueError):
 
 
 class Limits(NamedTuple):
-    """What the server knows that bounds a reply: its partitions, images, pairs and k."""
+    """What the server knows that bounds a reply (its partitions, images, pairs and k) and the
+    SuperNodes connected when the run started."""
 
+    num_nodes: int
     num_partitions: int
     max_examples: int  # training images in the whole federation
     max_samples: int  # images one client can train on in a round (all, every local epoch)

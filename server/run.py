@@ -67,9 +67,10 @@ class ServerRun:
         """What bounds a client's reply: the partitions (the SuperNodes' count, or the
         configured one if larger), the federation's images and a client's pairs and k."""
         f = self.cfg.federation
-        images = len(self.data.train)
+        images, nodes = len(self.data.train), len(list(grid.get_node_ids()))
         return Limits(
-            num_partitions=max(f.num_clients, len(list(grid.get_node_ids()))),
+            num_nodes=nodes,
+            num_partitions=max(f.num_clients, nodes),
             max_examples=images,
             max_samples=images * f.local_epochs,
             max_pairs=f.eval_pairs,

@@ -401,7 +401,7 @@ def build_strategy(
     if f.dp == "none":
         return type(f"Guarded{base.__name__}", (Guarded, base), {})(**kwargs, **guard)
     wrapper, dp_params = DP_WRAPPERS[f.dp]
-    sampled = max(f.min_clients, int(limits.num_partitions * f.fraction_train))
+    sampled = max(f.min_clients, int(limits.num_nodes * f.fraction_train))  # as FedAvg samples
     cls = type(f"Guarded{wrapper.__name__}", (Guarded, wrapper), {})
     try:
         return cls(base(**kwargs), **dp_params(f, sampled), **guard)

@@ -40,6 +40,7 @@ class ThreatRunConfig(FederatedRunConfig):
     """FederatedRunConfig plus the finished run `simulations.threat_model` attacks."""
 
     run: str = ""  # a federated run folder; "": make one first, with this config
+    dp_fedavg: bool = True  # also train and attack an ArcFace federation with DP-FedAvg
 
 
 def register() -> None:

@@ -4,6 +4,11 @@ model inversion, for every defence of `attack.defences` side by side (`threat_re
 python -m simulations.threat_model run=outputs/demo                 # attack a finished run
 python -m simulations.threat_model profile=smoke                    # make a tiny run, attack it
 python -m simulations.threat_model run=outputs/demo attack.gi_local_steps=3
+python -m simulations.threat_model run=outputs/demo federation.dp_noise_multiplier=0.3
+
+With dp_fedavg=true (the default) the report has a DP-FedAvg row: an unmasked ArcFace federation
+with this config's DP settings (`ahm_core.threat.dp_fedavg_config`), trained in the run's
+`dp_fedavg/` folder first (resumed when it is there) and attacked the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ahm_core.threat import run_threat_model
+from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
 from simulations.federated import run_federation
 from simulations.schema import register, split_run_config
 
@@ -34,8 +39,22 @@ def main(hcfg: DictConfig) -> None:
         run_federation(cfg, options, run, PROG)
     elif not (run / "checkpoint.pt").is_file():
         raise SystemExit(f"{PROG}: run={run}: no checkpoint.pt there; expected a federated run")
-    report = run_threat_model(run, cfg, log=lambda line: print(f"{PROG}: {line}"))
+    compared = {}
+    if options["dp_fedavg"]:
+        dp_cfg = dp_fedavg_config(run, cfg)
+        f = dp_cfg.federation
+        print(
+            f"{PROG}: the DP-FedAvg row: ArcFace with {f.dp}, noise multiplier "
+            f"{f.dp_noise_multiplier}, clipping norm {f.dp_clipping_norm}"
+        )
+        compared[DP_FEDAVG] = run / DP_FEDAVG
+        run_federation(dp_cfg, options, compared[DP_FEDAVG], PROG)
+    report = run_threat_model(run, cfg, log=_log, compared=compared)
     print(f"{PROG}: threat report in {report}")
+
+
+def _log(line: str) -> None:
+    print(f"{PROG}: {line}")
 
 
 if __name__ == "__main__":

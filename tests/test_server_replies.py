@@ -12,7 +12,9 @@ from server.replies import Limits
 from server.strategy import build_strategy
 from simulations.local import LocalGrid
 
-LIMITS = Limits(num_partitions=5, max_examples=1000, max_samples=2000, max_pairs=100, max_k=3)
+LIMITS = Limits(
+    num_nodes=5, num_partitions=5, max_examples=1000, max_samples=2000, max_pairs=100, max_k=3
+)
 GLOBAL = {
     "backbone.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3),
     "backbone.b": np.ones(3, dtype=np.float32),

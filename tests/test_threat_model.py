@@ -18,14 +18,19 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     assert f"threat report in {run / 'threat_report.md'}" in done.stdout
     result = json.loads((run / "threat_report.json").read_text())
     rows = result["defences"]
-    assert list(rows) == ["arcface", "ppfr_fd", "masking_mixup", "masking_adamixup"]
+    assert list(rows) == ["arcface", "ppfr_fd", "masking_mixup", "masking_adamixup", "dp_fedavg"]
     for defence, row in rows.items():
         gi = row["gradient_inversion"]
         assert -1 <= gi["cosine"] <= 1 and 0 <= gi["chain_rank1"] <= 1
         assert (run / "threat" / defence / "gradient_inversion.png").is_file()
-        assert gi["model"] == ("captured global" if defence == result["method"] else "initial")
-        assert ("demix" in row) == (METHODS[defence].mixing is not None)
-        assert ("model_inversion" in row) == (defence == result["method"])
+        trained = defence in (result["method"], "dp_fedavg")  # attacked at its own run's model
+        assert gi["model"] == ("captured global" if trained else "initial")
+        assert ("demix" in row) == (METHODS[row.get("method", defence)].mixing is not None)
+        assert ("model_inversion" in row) == trained
+        assert ("accuracy" in row) == trained
+    dp = rows["dp_fedavg"]
+    assert dp["method"] == "arcface" and 0 <= dp["accuracy"] <= 1 and dp["dp"]["epsilon"] > 0
+    assert (run / "dp_fedavg" / "checkpoint.pt").is_file()
     demixed = rows["masking_mixup"]["demix"]
     assert 0 <= demixed["faces_recovered"] <= demixed["images"] == 24
     gmi = rows[result["method"]]["model_inversion"]
