@@ -80,9 +80,7 @@ def _compare(deltas: list[State], keys: list[str], spread: float) -> _Round:
     return _Round(outliers, cosines)
 
 
-def screen_round(
-    previous: State, updates: Sequence[State], f: FederationConfig
-) -> list[Screened]:
+def screen_round(previous: State, updates: Sequence[State], f: FederationConfig) -> list[Screened]:
     """The verdict on each of a round's updates (same keys, shapes and dtypes as `previous`,
     finite: `server.replies` has checked them)."""
     floats = floating_keys(previous)
