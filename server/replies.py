@@ -132,8 +132,12 @@ def _metrics(msg: Message, schema: Mapping[str, tuple[Callable, Any]], limits: L
 def _decode(key: str, array: Array, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """The array, once its metadata and its .npy header both say the template's shape and
     dtype and its bytes fit them."""
-    if array.stype != "numpy.ndarray" or np.dtype(array.dtype) != dtype:
-        raise RejectedError("arrays", f"{key}: dtype {array.dtype}, expected {dtype}")
+    try:
+        declared = np.dtype(array.dtype)
+    except (TypeError, ValueError):
+        declared = None
+    if array.stype != "numpy.ndarray" or declared != dtype:
+        raise RejectedError("arrays", f"{key}: {array.stype} of {array.dtype!r}, expected {dtype}")
     if tuple(array.shape) != shape:
         raise RejectedError("arrays", f"{key}: shape {tuple(array.shape)}, expected {shape}")
     if len(array.data) > dtype.itemsize * math.prod(shape) + NPY_HEADER_LIMIT:

@@ -266,7 +266,8 @@ class Guarded(Strategy):
             for reply, verdict in zip(checked, verdicts, strict=True):
                 stats.updates.append({"partition": reply.partition_id, **verdict._asdict()})
                 if verdict.reason is not None:
-                    self._reject(reply.node, verdict.reason, f"update {verdict.ratio:.3g} x model")
+                    detail = f"{verdict.reason}: weights moved {verdict.ratio:.3g} x their norm"
+                    self._reject(reply.node, verdict.reason, detail)
             checked = [c for c, v in zip(checked, verdicts, strict=True) if v.reason is None]
         stats.accepted = len(checked)
         if not checked:

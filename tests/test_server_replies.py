@@ -144,6 +144,10 @@ BAD_TRAIN = {
         ),
         "arrays",
     ),
+    "unknown dtype": (
+        with_array("backbone.w", Array("no-such-type", (4, 3), "numpy.ndarray", npy(W, (4, 3)))),
+        "arrays",
+    ),
     "not numpy": (
         with_array("backbone.w", Array("float32", (4, 3), "torch", npy(W, (4, 3)))),
         "arrays",
