@@ -134,12 +134,16 @@ def test_the_run_completes_on_the_survivors(tmp_path, mode, extra):
     assert r["train"]["weight"] > 0
 
 
-def _federated_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "simulations.federated", f"hydra.run.dir={out}"]
-    flat = [
+def e2e_args() -> list[str]:
+    """E2E as hydra overrides."""
+    return [
         f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in E2E.items()
     ]
-    command += [*flat, "supernodes=2", "federation.rounds=3", *overrides]
+
+
+def _federated_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "simulations.federated", f"hydra.run.dir={out}"]
+    command += [*e2e_args(), "supernodes=2", "federation.rounds=3", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -15,7 +15,7 @@ from subprocess import PIPE
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from test_flower_e2e import E2E, _federated_cli
+from test_flower_e2e import _federated_cli, e2e_args
 
 from ahm_core.config import AHMConfig, ConfigError, apply_overrides
 from server.app import main as server_main
@@ -32,13 +32,6 @@ LAUNCH = {
 }
 
 
-def _e2e_args() -> list[str]:
-    """E2E as hydra overrides."""
-    return [
-        f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in E2E.items()
-    ]
-
-
 def _cli(out: Path, overrides: list[str]) -> list[str]:
     """The command line of `python -m simulations.federated` on the E2E scale, writing to out."""
     return [
@@ -46,7 +39,7 @@ def _cli(out: Path, overrides: list[str]) -> list[str]:
         "-m",
         "simulations.federated",
         f"hydra.run.dir={out}",
-        *_e2e_args(),
+        *e2e_args(),
         "supernodes=2",
         *overrides,
     ]
