@@ -201,7 +201,7 @@ def round_of(odd: RecordDict | Error | None, **extra):
         key=lambda m: m.metadata.dst_node_id,
     )
     replies = [Message(content(partition=p), reply_to=sent[p]) for p in range(HONEST)]
-    if isinstance(odd, Error) or odd is not None:
+    if odd is not None:
         replies.append(Message(odd, reply_to=sent[HONEST]))
     arrays, _ = strategy.aggregate_train(1, replies)
     return arrays, strategy.stats
