@@ -205,7 +205,7 @@ class FederationConfig:
     max_update_ratio: float = field(default=10.0, metadata={"min_open": 0.0})  # of global norm
     max_update_norm: float = field(default=0.0, metadata={"min": 0.0})  # absolute; 0: none
     update_norm_spread: float = field(default=3.0, metadata={"min_open": 1.0})  # x round median
-    min_update_cosine: float = field(default=0.5, metadata={"min": -1.0, "max": 1.0})  # stats
+    min_update_cosine: float = field(default=0.0, metadata={"min": -1.0, "max": 1.0})  # stats
     max_weight_ratio: float = field(default=2.0, metadata={"min": 1.0})  # x median num-examples
     # DP-FedAvg: Flower's differential-privacy wrappers (none | server_fixed | server_adaptive |
     # client_fixed | client_adaptive), accounted with Opacus's RDP accountant.

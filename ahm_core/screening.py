@@ -18,7 +18,8 @@ direction. Checked in order, each with its reason:
 The weights' cosine with the others' median is reported, not bounded: on identity-disjoint
 clients honest weight updates are near-orthogonal (pairwise |cos| < 0.015 on the demo), so no
 threshold tells a flipped one from an honest one, while the statistics of honest clients agree
-(cos 0.97). With one or two updates a round has no majority; only the model bounds apply.
+(cos 0.31-0.95 with the others' median on the demo, a flipped one near -1). With one or two
+updates a round has no majority; only the model bounds apply.
 """
 
 from __future__ import annotations
