@@ -137,7 +137,15 @@ def run_threat_model(
         log(f"threat model: {name} (the run in {other_dir})")
         other_cfg, other_saved, other_summary = _load_run(Path(other_dir), attack_cfg)
         other = _Context(
-            other_cfg, data, Path(other_dir), other_saved, other_summary, feature, lpips, device
+            other_cfg,
+            data,
+            Path(other_dir),
+            other_saved,
+            other_summary,
+            feature,
+            lpips,
+            device,
+            context.shared,
         )
         rows[name] = _defence_row(other, other_cfg.masking.method, log, run_dir / "threat" / name)
         rows[name] |= {"method": other_cfg.masking.method, **_trained(other_summary)}
@@ -166,9 +174,11 @@ class _Context:
         feature: Callable[[Tensor], Tensor],
         lpips: LPIPS,
         device: torch.device,
+        shared: dict | None = None,
     ) -> None:
         self.cfg, self.data, self.run_dir, self.saved = cfg, data, run_dir, saved
         self.feature, self.lpips, self.device = feature, lpips, device
+        self.shared = {} if shared is None else shared  # what every run of a report can reuse
         self.proportions = {int(k): v for k, v in (k_proportions(summary) or {}).items()}
         g = torch.Generator().manual_seed(cfg.train.seed)
         train = data.train[torch.randperm(len(data.train), generator=g)]
@@ -333,12 +343,20 @@ def _model_inversion(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline) -
         ndf=a.ndf,
         seed=cfg.train.seed,
     )
-    prior = train_prior(ctx.aux_images.to(ctx.device), options)
+    # The prior (auxiliary faces) and the judge (client 0's faces) depend on no trained model:
+    # every run of one report shares them.
+    key = (options, tuple(client.items.tolist()))
+    if key not in ctx.shared:
+        private = ctx.images(client.items).to(ctx.device)
+        ctx.shared[key] = (
+            train_prior(ctx.aux_images.to(ctx.device), options),
+            train_evaluator(private, client.labels.to(ctx.device), options),
+            private,
+        )
+    prior, evaluator, private = ctx.shared[key]
     logits = white_box_logits(backbone.to(ctx.device), head.to(ctx.device), pipeline)
     targets = torch.arange(min(a.gmi_targets, client.num_classes))
     faces, labels = invert_identities(prior, logits, targets, options)
-    private = ctx.images(client.items).to(ctx.device)
-    evaluator = train_evaluator(private, client.labels.to(ctx.device), options)
     return attack_report(faces, labels, evaluator, private, client.labels)
 
 

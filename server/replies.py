@@ -95,6 +95,7 @@ TRAIN_METRICS: dict[str, tuple[Callable, Any]] = {
     "train-seconds": (_real(0.0), 0.0),
     "k-values": (_integers(lambda _: 2, lambda lim: lim.max_k), []),
     "k-counts": (_integers(lambda _: 0, lambda lim: lim.max_samples), []),
+    "num-partitions": (_integer(lambda _: 1, lambda lim: lim.num_partitions), 0),  # its view
     # client-side adaptive DP: Flower's clipping mod says whether it clipped this update
     "norm_bit": (_integer(lambda _: 0, lambda _: 1), 0),
 }

@@ -371,13 +371,17 @@ class Guarded(Strategy):
 
 
 def _conformed(arrays: ArrayRecord, like: ArrayRecord) -> ArrayRecord:
-    """`arrays` in the dtypes of `like` (a mean of integer counters is rounded back)."""
+    """`arrays` in the dtypes of `like` (a mean of integer counters is rounded back), running
+    variances at least 0: DP-FedAvg's noise can push one below, and BatchNorm would take its
+    square root (a floor is post-processing, which keeps the DP guarantee)."""
     out = {}
     for key, array in arrays.items():
         value, dtype = array.numpy(), np.dtype(like[key].dtype)
         if value.dtype != dtype:
             value = np.rint(value) if dtype.kind in "iu" else value
             value = value.astype(dtype)
+        if key.endswith("running_var"):
+            value = np.maximum(value, 0)
         out[key] = Array(np.asarray(value))
     return ArrayRecord(out)
 
