@@ -8,6 +8,9 @@ Numeric bounds live next to each field (`metadata={"min": ...}`) so one loop che
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -76,11 +79,17 @@ STRATEGIES = (
 DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates
 DP_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
 SYNTH_SIZES = (32, 112)
+MAX_PIXELS = 25_000_000  # 5000 x 5000: above any face photo, far below a decompression bomb
+PIL_MAX_PIXELS = 178_956_970  # PIL refuses to open larger images at all (2 x MAX_IMAGE_PIXELS)
 AC_CHANNELS = BLOCK * BLOCK - 1
 
 
 def _positive(**extra: Any) -> dict[str, Any]:
     return {"min": 1, **extra}
+
+
+SEED = {"min": 0, "max": 2**32 - 1}  # what numpy, torch and the synthetic faces' hash all take
+DEVICE = re.compile(r"auto|cpu|mps|meta|cuda(:\d+)?")  # meta: shapes only, for tests
 
 
 @dataclass
@@ -90,12 +99,16 @@ class DataConfig:
     source: str = "synthetic"
     root: str = ""  # folder or InsightFace directory for the real-data sources
     image_size: int = field(default=112, metadata=_positive())
-    num_identities: int = field(default=100, metadata=_positive())  # synthetic only
-    images_per_identity: int = field(default=20, metadata=_positive())  # synthetic only
+    # synthetic only: at least 3 people (2 held out) with 2 images each, for verification pairs
+    num_identities: int = field(default=100, metadata={"min": 3})
+    images_per_identity: int = field(default=20, metadata={"min": 2})
     min_images: int = field(default=2, metadata=_positive())  # folder: smaller identities skipped
+    # Largest image decoded (width x height): a bigger one is skipped in a folder, an error in a
+    # RecordIO or .bin file, so a decode peaks at about 17 x max_pixels bytes (progressive CMYK).
+    max_pixels: int = field(default=MAX_PIXELS, metadata=_positive(max=PIL_MAX_PIXELS))
     test_fraction: float = field(default=0.2, metadata={"min_open": 0.0, "max_open": 1.0})
     num_pairs: int = field(default=6000, metadata={"min": 20})  # verification pairs, 10 folds
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass
@@ -106,7 +119,7 @@ class MaskingConfig:
     upsample: int = 8
     num_channels: int = field(default=AC_CHANNELS, metadata=_positive(max=AC_CHANNELS))
     keys: str = "fixed"
-    key_seed: int = 0
+    key_seed: int = field(default=0, metadata=SEED)
     mixing: str = "adjacent"
     eps: float = field(default=1e-8, metadata={"min_open": 0.0})
     dp_epsilon: float = field(default=3.0, metadata={"min_open": 0.0})
@@ -117,7 +130,7 @@ class MaskingConfig:
 class MixupConfig:
     """Fixed-k MixUp (DESIGN D3)."""
 
-    k: int = 2
+    k: int = field(default=2, metadata={"min": 2})  # images mixed
     max_coef: float = 0.55
 
 
@@ -165,7 +178,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the backbone: pays off over long runs on a GPU
     workers: int = field(default=0, metadata={"min": 0})  # DataLoader worker processes
     progress: bool = True  # a progress bar per epoch
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
@@ -274,6 +287,8 @@ def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
 def _check_bounds(section: str, obj: Any) -> None:
     for f in dataclasses.fields(obj):
         meta, value, name = f.metadata, getattr(obj, f.name), f"{section}.{f.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value}")
         if "min" in meta and value < meta["min"]:
             raise ConfigError(f"{name}: must be >= {meta['min']}, got {value}")
         if "min_open" in meta and value <= meta["min_open"]:
@@ -308,6 +323,11 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("federation.dp", cfg.federation.dp, DP_MODES)
     for defence in cfg.attack.defences:
         _choice("attack.defences", defence, METHODS)
+    if not DEVICE.fullmatch(cfg.train.device):
+        raise ConfigError(
+            f"train.device: unknown device {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N, "
+            "mps or meta"
+        )
     if cfg.data.source != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
     size = cfg.data.image_size
@@ -322,13 +342,17 @@ def validate(cfg: AHMConfig) -> AHMConfig:
                 f"data.image_size: the block DCT with upsample={u} needs a multiple of "
                 f"{BLOCK // u}, got {size}"
             )
+    from ahm_core.models.backbones import check_stages, stage_blocks  # the models import this
+
+    check_stages(stage_blocks(cfg.model), size)
     if not cfg.policy.k_set:
         raise ConfigError("policy.k_set: the candidate set of k is empty")
+    for k in cfg.policy.k_set:
+        if k < 2:
+            raise ConfigError(f"policy.k_set: k must be >= 2 (k images mixed), got {k}")
     ks = mixing_ks(cfg)
     key = "policy.k_set" if METHODS[cfg.masking.method].mixing == "adaptive" else "mixup.k"
     for k in ks:
-        if k < 2:
-            raise ConfigError(f"{key}: k must be >= 2 (k images mixed), got {k}")
         if k > cfg.train.batch_size:
             raise ConfigError(f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}")
     if ks and not 1.0 / min(ks) < cfg.mixup.max_coef <= 1.0:
@@ -359,29 +383,42 @@ T = TypeVar("T")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Convert a plain value (from YAML, a CLI or a Flower run config) to the field's type."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
+    """Convert a plain value (from YAML, a CLI or a Flower run config) to the field's type by
+    OmegaConf's rules, so hydra and the Flower run config agree: an int takes an int or a
+    numeric string (never a bool or a float), a float an int, a float or a string, a bool a
+    bool, an int or yes/no/on/off/true/false, a str any scalar. A tuple takes a list or a
+    comma-separated string (the Flower run config has no lists)."""
+    if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in value)
-    if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if hint in (int, float, str):
-        try:
-            converted = hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}") from None
-        if hint is int and isinstance(value, float) and value != converted:
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return converted
-    raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover - schema bug
+    kind = type(value)
+    try:
+        if hint is int and kind in (int, str):
+            return int(value)
+        if hint is float and kind in (int, float, str):
+            return float(value)
+        if hint is bool and kind in (bool, int, str):
+            return _boolean(value)
+        if hint is str and kind in (str, int, float, bool):
+            return str(value)
+    except ValueError:
+        pass
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    raise ConfigError(f"{name}: expected {expected[hint]}, got {value!r}")
+
+
+def _boolean(value: bool | int | str) -> bool:
+    if isinstance(value, str):
+        word = value.lower()
+        if word in ("yes", "y", "on", "true"):
+            return True
+        if word in ("no", "n", "off", "false"):
+            return False
+        return int(value) != 0
+    return bool(value)
 
 
 def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
@@ -444,3 +481,34 @@ def from_flat(flat: dict[str, Any]) -> AHMConfig:
             raise ConfigError(f"{dotted}: unknown option; expected SECTION.KEY")
         values.setdefault(section, {})[key] = value
     return from_dict(values)
+
+
+# What a resumed run may change: how long it runs and how it shows progress, not what it computes.
+RESUMABLE = frozenset({"train.epochs", "federation.rounds", "train.progress", "train.workers"})
+
+
+def _flatten(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        f"{section}.{key}": value
+        for section, options in values.items()
+        if isinstance(options, dict)
+        for key, value in options.items()
+    }
+
+
+def refuse_changed_config(
+    checkpoint: str | os.PathLike, saved: dict[str, Any], cfg: AHMConfig
+) -> None:
+    """Raise ConfigError naming each option (outside RESUMABLE) in which `cfg` differs from the
+    config a checkpoint was written with (`to_dict` shape): a resume must not mix two runs."""
+    before, now = _flatten(saved), _flatten(to_dict(cfg))
+    changed = [
+        f"{key} {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
+        for key in sorted(set(before) | set(now))
+        if key not in RESUMABLE and before.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{checkpoint}: written with another config ({', '.join(changed)}); "
+            "use a new run folder, resume=false, or the checkpoint's values"
+        )

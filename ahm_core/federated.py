@@ -29,10 +29,10 @@ from ahm_core.data.partition import partition
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.evaluate import evaluate_verification
 from ahm_core.experiment import masking_for_run
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
-from ahm_core.train import Trainer, resolve_device
+from ahm_core.train import STATE_KEYS, Trainer, resolve_device
 
 State = dict[str, Tensor]
 T = TypeVar("T")
@@ -290,7 +290,8 @@ def pack_state(trainer: Trainer) -> bytes:
 
 def unpack_state(blob: bytes, device: torch.device | str = "cpu") -> dict:
     """Read what `pack_state` wrote (tensors and plain data only: weights_only)."""
-    return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    required = [key for key in STATE_KEYS if key != "backbone"]
+    return load_checkpoint(blob, required, name="client state", map_location=device)
 
 
 class ClientStateStore:

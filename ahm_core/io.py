@@ -1,11 +1,26 @@
-"""Atomic file output: a reader sees the old file or the whole new one, never a partial write."""
+"""Durable file output and checkpoint input.
+
+`atomic_write`: a reader sees the old file or the whole new one, never a partial write, and the
+new one survives a crash of the machine once the call returns (the file is fsynced before the
+rename, its folder after). `load_checkpoint`: a torch file read with weights_only, whose errors
+name the file.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or lacks what the reader needs; the message names it."""
 
 
 def _umask() -> int:
@@ -14,8 +29,17 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`."""
+    """Call write(tmp) on a temporary file beside `path`, fsync it, rename it over `path` and
+    fsync the folder, so the rename itself is on disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,8 +47,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; use the usual mode
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
+
+
+def load_checkpoint(
+    source: str | os.PathLike | bytes,
+    required: Iterable[str] = (),
+    name: str | None = None,
+    map_location: Any = "cpu",
+) -> dict:
+    """A torch checkpoint (a path, or bytes named `name`) read with weights_only=True, holding
+    the `required` keys; anything else raises CheckpointError naming the file."""
+    label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        state = torch.load(handle, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{label}: no such checkpoint") from None
+    except Exception as err:  # a malformed file makes the unpickler raise anything
+        raise CheckpointError(f"{label}: {_unreadable(err)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{label}: holds a {type(state).__name__}, not a checkpoint dict")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{label}: not this kind of checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def _unreadable(err: BaseException) -> str:
+    """Why torch.load failed, in one sentence, without torch's advice to drop weights_only."""
+    text = " ".join(str(err).replace("WeightsUnpickler error:", ". ").split())
+    sentences = [
+        sentence.strip().rstrip(".")
+        for sentence in text.replace("Check the documentation", ". Check the documentation").split(
+            ". "
+        )
+        if sentence.strip(" .")
+        and not any(
+            advice in sentence
+            for advice in ("weights_only", "Weights only", "Check the documentation", "trusted")
+        )
+    ]
+    refusal = next((sentence for sentence in sentences if "GLOBAL" in sentence), None)
+    if refusal:
+        return f"refused: it holds more than tensors and plain data ({refusal})"
+    sentence = sentences[0] if sentences else ""
+    if not isinstance(err, pickle.UnpicklingError | RuntimeError | OSError):
+        sentence = f"{type(err).__name__}: {sentence}" if sentence else type(err).__name__
+    return f"not a readable checkpoint ({sentence or type(err).__name__})"

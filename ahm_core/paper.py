@@ -31,7 +31,7 @@ from ahm_core.attacks.cgan import (
 from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.experiment import masking_for_run, run_centralized
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking import MaskingPipeline
 from ahm_core.metrics import (
     LPIPS,
@@ -197,7 +197,7 @@ def feature_model(
     checkpoint: Path, cfg: AHMConfig, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
     """The ArcFace row's network as f: RGB images in [0, 1] -> embeddings (DESIGN D7)."""
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = load_checkpoint(checkpoint, required=("backbone",), map_location=device)
     net = build_backbone(cfg.model, 3, cfg.data.image_size).to(device).eval()
     net.load_state_dict(state["backbone"])
 

@@ -55,7 +55,7 @@ from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
 from ahm_core.data.sources import relabel
 from ahm_core.experiment import masking_for_run
 from ahm_core.federated import FederatedData, client_data, federated_data, unpack_state
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking import MaskingPipeline
 from ahm_core.masking.mixup import mixup
 from ahm_core.masking.pipeline import to_gray
@@ -87,7 +87,7 @@ def dp_fedavg_config(run_dir: Path, settings: AHMConfig) -> AHMConfig:
 
 def _load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, dict, dict]:
     """A finished run's config (with `attack_cfg`'s attack budget), checkpoint and rounds.json."""
-    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    saved = load_checkpoint(run_dir / "checkpoint.pt", required=("config", "state"))
     cfg = from_dict(saved["config"])
     if attack_cfg is not None:
         budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}
@@ -189,9 +189,7 @@ class _Context:
         # Loaded once: every defence's attacks use the same auxiliary and gallery faces.
         self.aux_images, self.gallery_images = self.images(aux), self.images(self.gallery)
         records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
-        self.capture = (
-            torch.load(records[0], map_location="cpu", weights_only=True) if records else None
-        )
+        self.capture = load_checkpoint(records[0]) if records else None
 
     def images(self, items: Tensor) -> Tensor:
         return self.data.faces.images_uint8(items).float() / 255.0

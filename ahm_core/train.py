@@ -19,17 +19,18 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ahm_core.config import AHMConfig, to_dict
+from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
 from ahm_core.evaluate import evaluate_verification
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
 from ahm_core.policy import build_policy
@@ -38,10 +39,20 @@ PROGRESS_EVERY = 10  # batches between progress-bar updates (each reads back fro
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when available, else CPU."""
+    """'auto' is CUDA when available, else CPU; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"train.device: {name} requested, but this machine has {count} CUDA device(s); "
+                "expected auto or cpu"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {name} requested, but MPS is not available here")
+    return device
 
 
 @contextlib.contextmanager
@@ -56,6 +67,21 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
+
+
+STATE_KEYS = (
+    "config",
+    "num_classes",
+    "step",
+    "epoch",
+    "backbone",
+    "head",
+    "optimizer",
+    "scheduler",
+    "policy",
+    "policy_pmf",
+    "rng",
+)  # what `Trainer.state_dict` holds
 
 
 class Trainer:
@@ -239,9 +265,9 @@ class Trainer:
             metrics = self.train_epoch(faces, items, labels)
             if pairs is not None:
                 metrics["verification"] = self.verify(faces, pairs)
-            if checkpoint is not None:
-                self.save(checkpoint)
             history.append(metrics)
+            if checkpoint is not None:
+                self.save(checkpoint, history=history)
         return history
 
     def state_dict(self) -> dict:
@@ -283,14 +309,19 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.generator.set_state(state["rng"]["generator"])
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        state = self.state_dict()
+    def save(self, path: str | os.PathLike, **extra: Any) -> Path:
+        """Write a checkpoint, with `extra` entries beside the state, atomically and durably: a
+        crash mid-write leaves the previous one intact."""
+        state = {**self.state_dict(), **extra}
         return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-    def restore(self, path: str | os.PathLike) -> None:
-        """Load a checkpoint written by `save` (tensors and plain data only: weights_only)."""
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+    def restore(self, path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
+        """Load a checkpoint written by `save` under this config (tensors and plain data only:
+        weights_only) that holds the `required` extra entries; returns it, extras included."""
+        state = load_checkpoint(path, (*STATE_KEYS, *required), map_location=self.device)
+        refuse_changed_config(path, state["config"], self.cfg)
+        self.load_state_dict(state)
+        return state
 
 
 def _poly_with_warmup(step: int, warmup: int, total: int) -> float:

@@ -188,7 +188,10 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one_run, jobs))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        from ahm_core.io import atomic_write
+
+        text = json.dumps(results, indent=1)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
     clean = {r["aggregator"]: r for r in results if r["mode"] == "clean"}
     print("| mode | aggregator | accuracy (10-fold std) | vs clean | completed | rejected |")
     print("|---|---|---|---|---|---|")

@@ -32,6 +32,7 @@ import tomli_w
 
 from ahm_core.config import AHMConfig, to_flat
 from ahm_core.federated import APP_DEFAULTS
+from ahm_core.io import atomic_write
 from server.app import status_error
 
 PROJECT = Path(__file__).resolve().parents[1]  # holds pyproject.toml's [tool.flwr.app]
@@ -121,7 +122,8 @@ def launch(
     token = uuid.uuid4().hex
     config = run_config(cfg, out_dir, **{**options, "run-token": token})
     config_file = out_dir / "run_config.toml"
-    config_file.write_bytes(tomli_w.dumps(config).encode())
+    text = tomli_w.dumps(config)
+    atomic_write(config_file, lambda tmp: tmp.write_text(text))
     federation = (
         f"num-supernodes={supernodes} client-resources-num-cpus={cpus_per_client} "
         f"client-resources-num-gpus={gpus_per_client}"

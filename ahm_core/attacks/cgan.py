@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ahm_core.config import AttackConfig
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.plots import save_grid
 from ahm_core.train import resolve_device
@@ -423,7 +423,7 @@ class CGANAttack:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> CGANAttack:
         """An attack rebuilt from a `save` checkpoint (tensors and plain data: weights_only)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path, required=("in_channels", "generator"))
         attack = cls(
             state["in_channels"],
             tuple(state["image_size"]),

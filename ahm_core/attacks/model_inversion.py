@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ahm_core.freq import bdct_explicit
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline, to_gray
 from ahm_core.models.heads import MixUpArcFace
 
@@ -162,7 +162,7 @@ class GANPrior:
     @classmethod
     def load(cls, path: str | os.PathLike) -> GANPrior:
         """A prior rebuilt from a `save` file (tensors and plain data: weights_only)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path, required=("options", "generator"))
         prior = _build_prior(GMIOptions(**state["options"]))
         prior.generator.load_state_dict(state["generator"])
         prior.discriminator.load_state_dict(state["discriminator"])

@@ -19,6 +19,7 @@ import torchvision
 from torch import Tensor
 
 from ahm_core.freq import check_images
+from ahm_core.io import load_checkpoint
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet IMAGENET1K_V1 weights
 MIN_SIZE = 32  # AlexNet's fifth layer needs at least this many pixels a side
@@ -66,7 +67,7 @@ def _load_alexnet_features() -> dict[str, Tensor]:
             "or ask for an uncalibrated backbone (LPIPS(calibrated=False))"
         )
     alexnet = torchvision.models.alexnet(weights=None)
-    alexnet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    alexnet.load_state_dict(load_checkpoint(path))
     return alexnet.features.state_dict()
 
 

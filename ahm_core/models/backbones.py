@@ -65,6 +65,26 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def check_stages(blocks: Sequence[int], image_size: int) -> None:
+    """Raise ConfigError unless `blocks` are one or more stages of >= 1 block each whose
+    stride-2 openings halve `image_size` exactly."""
+    if not blocks or min(blocks) < 1:
+        raise ConfigError(
+            f"model.blocks: expected one or more stages of >= 1 block each, got {tuple(blocks)}"
+        )
+    reduction = 2 ** len(blocks)
+    if image_size < reduction or image_size % reduction:
+        raise ConfigError(
+            f"data.image_size: {len(blocks)} stages of model.blocks={tuple(blocks)} halve the "
+            f"size {len(blocks)} times, so it must be a multiple of {reduction}, got {image_size}"
+        )
+
+
+def stage_blocks(cfg: ModelConfig) -> tuple[int, ...]:
+    """The blocks per stage of the configured backbone."""
+    return IR_SE_50_BLOCKS if cfg.backbone == "ir_se_50" else tuple(cfg.blocks)
+
+
 class IRSE(nn.Module):
     """IR-SE network: stem, stages of `BottleneckIRSE` (each opening with stride 2), and the
     BN-Dropout-Flatten-FC-BN1d embedding head. Maps [N, in_channels, S, S] to [N, embedding_size].
@@ -80,17 +100,8 @@ class IRSE(nn.Module):
         dropout: float = 0.4,
     ) -> None:
         super().__init__()
-        if not blocks or min(blocks) < 1:
-            raise ConfigError(
-                f"model.blocks: expected one or more stages of >= 1 block each, got {tuple(blocks)}"
-            )
+        check_stages(blocks, image_size)
         reduction = 2 ** len(blocks)
-        if image_size < reduction or image_size % reduction:
-            raise ConfigError(
-                f"data.image_size: {len(blocks)} stages of model.blocks={tuple(blocks)} halve the "
-                f"size {len(blocks)} times, so it must be a multiple of {reduction}, "
-                f"got {image_size}"
-            )
         self.input_layer = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
