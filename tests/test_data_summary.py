@@ -57,3 +57,15 @@ def test_missing_path_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "nowhere")])
     assert "nowhere" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_max_pixels_option(tmp_path, capsys):
+    person = tmp_path / "faces" / "p1"
+    person.mkdir(parents=True)
+    for name, side in (("small.png", 40), ("large.png", 80)):
+        Image.new("RGB", (side, side)).save(person / name)
+    summary = summary_of(capsys, tmp_path / "faces", "--max-pixels", 1600)
+    assert summary["images"] == 1 and summary["skipped"] == {"too_many_pixels": 1}
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "faces"), "--max-pixels", "0"])
+    assert err.value.code == 2

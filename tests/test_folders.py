@@ -5,10 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ahm_core.data.base import UnreadableImageError, decode_image
+from ahm_core.config import DataConfig
+from ahm_core.data.base import TooManyPixelsError, UnreadableImageError, decode_image
 from ahm_core.data.folders import FolderFaces
+from ahm_core.data.sources import load_faces
 
 
 def encoded(mode: str, fmt: str, size=(40, 30), value=90) -> bytes:
@@ -110,3 +112,39 @@ def test_missing_or_empty_root_is_one_clear_error(tmp_path, kind):
     with pytest.raises((FileNotFoundError, ValueError)) as err:
         FolderFaces(root)
     assert str(err.value).startswith("data.root:") and "\n" not in str(err.value)
+
+
+def _full_scale(data: bytes, size: int) -> torch.Tensor:
+    """decode_image's resize of an image decoded at full scale (no JPEG draft)."""
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("sides", "exact"), [((64, 64), True), ((64, 200), True), ((90, 70), False)]
+)
+def test_a_jpeg_over_twice_the_size_decodes_at_reduced_scale(sides, exact):
+    """The JPEG draft leaves images up to 2 x size as they were; larger ones stay close."""
+    data = encoded("RGB", "JPEG", size=sides)
+    drafted, full = decode_image(data, 32), _full_scale(data, 32)
+    if exact:
+        assert torch.equal(drafted, full)
+    else:
+        assert (drafted.float() - full.float()).abs().mean() < 4
+
+
+def test_max_pixels_reaches_the_scan_the_load_and_load_faces(tmp_path):
+    person = tmp_path / "root" / "p1"
+    person.mkdir(parents=True)
+    (person / "small.png").write_bytes(encoded("RGB", "PNG", size=(40, 30)))
+    (person / "large.png").write_bytes(encoded("RGB", "PNG", size=(80, 60)))
+    faces = load_faces(
+        DataConfig(source="folder", root=str(tmp_path / "root"), min_images=1, max_pixels=1200)
+    )
+    assert isinstance(faces, FolderFaces) and faces.max_pixels == 1200
+    assert len(faces) == 1 and faces.skipped == {"too_many_pixels": 1}
+    with pytest.raises(
+        TooManyPixelsError, match=r"80x60 pixels is more than data\.max_pixels=1200"
+    ):
+        decode_image(person / "large.png", 32, max_pixels=1200)

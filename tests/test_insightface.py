@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ahm_core.data.base import UnreadableImageError
+from ahm_core.data.base import TooManyPixelsError, UnreadableImageError
 from ahm_core.data.insightface import (
     MAGIC,
     InsightFaceFormatError,
@@ -301,3 +301,30 @@ def test_load_bin_refuses_a_wrong_structure(tmp_path, data, message):
     with pytest.raises(InsightFaceFormatError, match=rf"wrong\.bin: .*{message}") as err:
         load_bin(path)
     assert "\n" not in str(err.value)
+
+
+def test_max_pixels_reaches_recordio_and_bin_pairs(tmp_path):
+    """A record or .bin image over `max_pixels` is a TooManyPixelsError naming file and item."""
+    images = [_png(img) for img in _images(2, h=20, w=30)]
+    write_recordio(tmp_path, images, [0, 1])
+    assert RecordIOFaces(tmp_path, size=16, max_pixels=600).images_uint8([0, 1]).shape[0] == 2
+    ds = RecordIOFaces(tmp_path, size=16, max_pixels=599)
+    with pytest.raises(TooManyPixelsError, match=r"train\.rec: record 1: 30x20 pixels is more"):
+        ds.images_uint8([0])
+    with pytest.raises(TooManyPixelsError, match=r"data\.max_pixels=599"):
+        ds.summary()
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(pickle.dumps((images, [True]), protocol=4))
+    assert load_bin_pairs(path, size=16, max_pixels=600)[0].shape == (2, 3, 16, 16)
+    with pytest.raises(TooManyPixelsError, match=r"lfw\.bin: image 0: 30x20 pixels is more"):
+        load_bin_pairs(path, size=16, max_pixels=599)
+
+
+@pytest.mark.parametrize("container", [bytes, bytearray])
+def test_load_bin_refuses_one_string_standing_for_many_images(tmp_path, container):
+    """The pickle memo lets one stored string be every image; each would be copied or decoded."""
+    image = container(_png(_images(1, h=64, w=64)[0]))  # ~12 KB: 16+ bytes per opcode
+    path = tmp_path / "memo.bin"
+    path.write_bytes(pickle.dumps(([image] * 200, [True] * 100), protocol=5))
+    with pytest.raises(InsightFaceFormatError, match=r"memo\.bin: images reference \d+ bytes"):
+        load_bin(path)

@@ -8,18 +8,27 @@ reader puts it back between the parts. A payload is an IRHeader '<IfQQ' (flag, l
 `flag` float32 labels when flag > 0, then the encoded image. In InsightFace sets record 0 holds
 (first identity key, end key); image records are keys 1..first-1 and each identity record holds
 the (first, end) image keys of one person.
+
+Memory is bounded by the files, never by what they announce. A RecordIO set holds its index
+(16 bytes a key) and reads one record at a time: O(index) plus one record (at most the .rec's
+size, twice while split parts are joined) plus one decode (17 x max_pixels, see `base`); every
+length, offset, key range and label is checked against the files before it is used. A .bin is
+read whole and unpickled after an opcode check: its bytes, its byte strings (at most its size,
+memo references included) and what the unpickler builds, about 7 x its size at most (5.5 x
+measured at worst, 2 x for a genuine .bin); `load_bin_pairs` adds its output n*3*size^2 and one
+decode at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import math
 import os
 import pickle
+import pickletools
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -28,7 +37,14 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ahm_core.data.base import FaceSet, UnreadableImageError, decode_image
+from ahm_core.config import MAX_PIXELS
+from ahm_core.data.base import (
+    FaceSet,
+    UnreadableImageError,
+    decode_image,
+    open_image,
+    open_regular,
+)
 from ahm_core.io import atomic_write
 
 MAGIC = 0xCED7230A
@@ -37,6 +53,7 @@ _FRAME = struct.Struct("<II")  # magic, lrec
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 _LENGTH_BITS = 29
 SIZE_PROBE = 8  # images whose stored size `summary()` reports (header reads, no decoding)
+MAX_LABEL = 2**31  # labels are whole numbers in [0, MAX_LABEL)
 
 
 class InsightFaceFormatError(ValueError):
@@ -63,8 +80,9 @@ def _rec_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return rec, rec.with_suffix(".idx")
 
 
-def _read_index(idx: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Keys and offsets of the index lines 'key<TAB>offset', sorted by key."""
+def _read_index(idx: Path, rec: Path, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and offsets of the index lines 'key<TAB>offset', sorted by key; each offset must be
+    where a record's 8-byte frame fits in the `rec_size` bytes of `rec`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # numpy warns on an empty file
@@ -73,6 +91,13 @@ def _read_index(idx: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InsightFaceFormatError(f"{idx}: not a RecordIO index ({_one_line(err)})") from None
     if table.shape[0] == 0 or table.shape[1] != 2:
         raise InsightFaceFormatError(f"{idx}: not a RecordIO index (no 'key<TAB>offset' lines)")
+    outside = np.flatnonzero((table[:, 1] < 0) | (table[:, 1] > rec_size - _FRAME.size))
+    if len(outside):
+        key, offset = table[outside[0]].tolist()
+        raise InsightFaceFormatError(
+            f"{idx}: key {key}: offset {offset} is not the start of a record of {rec.name} "
+            f"({rec_size} bytes)"
+        )
     order = np.argsort(table[:, 0], kind="stable")
     return table[order, 0], table[order, 1]
 
@@ -85,17 +110,22 @@ class RecordIOFaces(FaceSet):
     every image record's header; they are renumbered 0..n-1 when not already so.
     """
 
-    def __init__(self, path: str | os.PathLike, size: int = 112) -> None:
+    def __init__(
+        self, path: str | os.PathLike, size: int = 112, max_pixels: int = MAX_PIXELS
+    ) -> None:
         self.rec_path, self.idx_path = _rec_paths(path)
         for file, what in ((self.rec_path, "RecordIO file"), (self.idx_path, "RecordIO index")):
+            if file.exists() and not file.is_file():
+                raise InsightFaceFormatError(f"{file}: {what} is not a regular file")
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: {what} not found")
         if size < 1:
             raise ValueError(f"RecordIOFaces: size must be >= 1, got {size}")
-        self.size = size
+        self.size, self.max_pixels = size, max_pixels
         self._handle: BinaryIO | None = None
         self._pid = -1
-        self._keys, self._key_offsets = _read_index(self.idx_path)
+        self._rec_size = self.rec_path.stat().st_size
+        self._keys, self._key_offsets = _read_index(self.idx_path, self.rec_path, self._rec_size)
         self._image_keys, self._offsets, labels = self._label_images()
         self.labels = torch.from_numpy(_contiguous_labels(labels))
 
@@ -105,7 +135,7 @@ class RecordIOFaces(FaceSet):
         out = torch.empty(len(idx), 3, self.size, self.size, dtype=torch.uint8)
         for row, i in enumerate(idx.tolist()):
             try:
-                out[row] = decode_image(self.image_bytes(i), self.size)
+                out[row] = decode_image(self.image_bytes(i), self.size, self.max_pixels)
             except UnreadableImageError as err:
                 self._unreadable(i, err)
         return out
@@ -122,9 +152,9 @@ class RecordIOFaces(FaceSet):
         sizes = set()
         for i in range(min(SIZE_PROBE, len(self))):
             try:
-                with Image.open(io.BytesIO(self.image_bytes(i))) as img:
+                with open_image(self.image_bytes(i), self.max_pixels) as img:
                     sizes.add(img.size)
-            except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+            except UnreadableImageError as err:
                 self._unreadable(i, err)
         return {
             "format": "recordio",
@@ -155,11 +185,9 @@ class RecordIOFaces(FaceSet):
     def _error(self, key: int, why: str) -> InsightFaceFormatError:
         return InsightFaceFormatError(f"{self.rec_path}: record {key}: {why}")
 
-    def _unreadable(self, index: int, err: BaseException) -> NoReturn:
+    def _unreadable(self, index: int, err: UnreadableImageError) -> NoReturn:
         why = _one_line(err).removeprefix("<bytes>: ")
-        raise UnreadableImageError(
-            f"{self.rec_path}: record {int(self._image_keys[index])}: {why}"
-        ) from None
+        raise type(err)(f"{self.rec_path}: record {int(self._image_keys[index])}: {why}") from None
 
     def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Offsets of `keys` and whether each is in the index."""
@@ -181,8 +209,11 @@ class RecordIOFaces(FaceSet):
             if magic != MAGIC:
                 raise self._error(key, f"bad magic number 0x{magic:08x} at offset {f.tell() - 8}")
             cflag, length = lrec >> _LENGTH_BITS, lrec & ((1 << _LENGTH_BITS) - 1)
-            if (cflag in (0, 1)) != (not parts):
+            if cflag > 3 or (cflag in (0, 1)) != (not parts):
                 raise self._error(key, f"broken split record (part flag {cflag})")
+            left = self._rec_size - f.tell()
+            if length > left:  # checked before reading: read(n) allocates n bytes first
+                raise self._error(key, f"announces {length} bytes but only {left} remain")
             want = length if limit is None else max(0, min(length, limit - size))
             data = f.read(want)
             if len(data) < want:
@@ -212,6 +243,11 @@ class RecordIOFaces(FaceSet):
         payload = self._read(key, offset, _IR_HEADER.size)
         flag = _IR_HEADER.unpack_from(payload)[0] if len(payload) >= _IR_HEADER.size else 0
         if flag:
+            left = self._rec_size - offset - _FRAME.size - _IR_HEADER.size
+            if 4 * flag > left:
+                raise self._error(
+                    key, f"announces {flag} labels ({4 * flag} bytes) but only {left} remain"
+                )
             payload = self._read(key, offset, _IR_HEADER.size + 4 * flag)
         return self._unpack(key, payload)[0]
 
@@ -220,6 +256,12 @@ class RecordIOFaces(FaceSet):
         lists them (one read per identity), else from the header of every image record."""
         offsets, found = self._lookup(np.array([0]))
         span = _key_span(self._record_labels(0, int(offsets[0])) if found[0] else [])
+        if span is not None and span[1] > len(self._keys):  # before allocating the key range
+            raise InsightFaceFormatError(
+                f"{self.rec_path}: record 0 announces {span[0] - 1} image and {span[1] - span[0]} "
+                f"identity records (keys up to {span[1] - 1}), but {self.idx_path.name} holds "
+                f"{len(self._keys)} keys"
+            )
         keys = self._keys if span is None else np.arange(1, span[0], dtype=np.int64)
         offsets, found = self._lookup(keys)
         if not found.all():
@@ -234,12 +276,13 @@ class RecordIOFaces(FaceSet):
 
     def _image_label(self, key: int, offset: int) -> int:
         label = self._record_labels(key, offset)[0]
-        if not math.isfinite(label):
-            raise self._error(key, f"label {label} is not a number")
+        if not (label.is_integer() and 0 <= label < MAX_LABEL):
+            raise self._error(key, f"label {label} is not a whole number in [0, 2**31)")
         return int(label)
 
     def _labels_from_identities(self, first: int, end: int) -> np.ndarray | None:
-        """Identity ordinal of images 1..first-1, or None unless the ranges partition them."""
+        """Identity ordinal of images 1..first-1, or None unless the ranges partition them (each
+        range within 1..first-1, so none allocates beyond the index)."""
         labels = np.full(first - 1, -1, dtype=np.int64)
         id_keys = np.arange(first, end, dtype=np.int64)
         offsets, found = self._lookup(id_keys)
@@ -369,16 +412,67 @@ def write_recordio(
     return rec
 
 
-class _RefusedGlobalError(pickle.UnpicklingError):
-    pass
-
-
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickler that resolves no global at all, so a pickle can build plain data but never
-    call anything (no os.system through __reduce__)."""
+    call anything (no os.system through __reduce__), even one `_check_opcodes` let through."""
 
     def find_class(self, module: str, name: str) -> NoReturn:
-        raise _RefusedGlobalError(f"{module}.{name}")
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+_GLOBALS = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "EXT1", "EXT2", "EXT4"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_CONTAINERS = frozenset(
+    {"EMPTY_LIST", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
+    | {"EMPTY_DICT", "DICT", "EMPTY_SET", "FROZENSET"}
+)
+MAX_CONTAINERS = 8  # a verification .bin is a tuple of two lists
+# A genuine .bin spends hundreds of bytes an opcode (2-3 opcodes an encoded image, one a flag);
+# refusing pickles denser than this keeps what the unpickler builds (~26 bytes an opcode: a
+# reference on its stack, regrown, then in a list; ~48 more for each bytes object) within ~5 x.
+BYTES_PER_OPCODE = 16
+
+
+def _check_opcodes(path: str | os.PathLike, data: bytes) -> None:
+    """Refuse, before unpickling, a global (code to run) and what would make the C unpickler
+    allocate beyond the file: a length past the end (it allocates what a length announces, then
+    reads), a memo index far ahead (it sizes its memo by the largest), many containers (~200
+    bytes from 1 opcode) or more than one opcode per BYTES_PER_OPCODE bytes."""
+    containers, most, names = 0, len(data) // BYTES_PER_OPCODE + 64, ["", ""]
+    for count, (op, arg, _) in enumerate(_opcodes(path, data)):
+        if op.name in _GLOBALS:
+            asked = ".".join(names) if op.name == "STACK_GLOBAL" else str(arg).replace(" ", ".")
+            raise InsightFaceFormatError(
+                f"{path}: refused: the pickle asks for {asked}; a verification .bin holds only "
+                "image bytes and bools"
+            )
+        if isinstance(arg, str):
+            names = [names[1], arg]  # STACK_GLOBAL takes its module and name from the stack
+        if count > most:
+            raise InsightFaceFormatError(
+                f"{path}: not a verification .bin pickle (over {most} opcodes in {len(data)} bytes)"
+            )
+        if op.name in _MEMO_PUTS and arg > count:
+            raise InsightFaceFormatError(
+                f"{path}: not a verification .bin pickle (memo index {arg} at opcode {count})"
+            )
+        containers += op.name in _CONTAINERS
+        if containers > MAX_CONTAINERS:
+            raise InsightFaceFormatError(
+                f"{path}: not a verification .bin pickle (more than {MAX_CONTAINERS} lists, "
+                "tuples, dicts or sets)"
+            )
+
+
+def _opcodes(path: str | os.PathLike, data: bytes) -> Iterator[tuple]:
+    """pickletools.genops of `data`; its errors (a truncated argument, an unknown opcode, no
+    STOP) become InsightFaceFormatError."""
+    try:
+        yield from pickletools.genops(data)
+    except ValueError as err:
+        raise InsightFaceFormatError(
+            f"{path}: not a verification .bin pickle ({_one_line(err)})"
+        ) from None
 
 
 def load_bin(path: str | os.PathLike) -> tuple[list[bytes], list[bool]]:
@@ -386,32 +480,41 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], list[bool]]:
 
     Read with a no-globals unpickler (encoding="bytes", for the Python 2 pickles of LFW and co),
     so a crafted file is refused instead of run. Python 3 pickles of bytes at protocol < 3 need
-    codecs.encode and are refused too.
+    codecs.encode and are refused too. Memory stays within a small multiple of the file: see the
+    module docstring.
     """
-    with open(path, "rb") as f:
-        try:
-            data = _PlainDataUnpickler(f, encoding="bytes").load()
-        except _RefusedGlobalError as err:
-            raise InsightFaceFormatError(
-                f"{path}: refused: the pickle asks for {err}; a verification .bin holds only "
-                "image bytes and bools"
-            ) from None
-        except Exception as err:  # a malformed pickle raises anything from EOFError to TypeError
-            raise InsightFaceFormatError(
-                f"{path}: not a verification .bin pickle ({type(err).__name__}: {_one_line(err)})"
-            ) from None
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except ValueError as err:
+        raise InsightFaceFormatError(str(err)) from None
+    _check_opcodes(path, data)
+    try:
+        obj = _PlainDataUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as err:  # a malformed pickle raises anything from EOFError to TypeError
+        raise InsightFaceFormatError(
+            f"{path}: not a verification .bin pickle ({type(err).__name__}: {_one_line(err)})"
+        ) from None
     if not (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(part, (tuple, list)) for part in data)
+        isinstance(obj, (tuple, list))
+        and len(obj) == 2
+        and all(isinstance(part, (tuple, list)) for part in obj)
     ):
         raise InsightFaceFormatError(
-            f"{path}: expected a pair (images, issame) of lists, got {type(data).__name__}"
+            f"{path}: expected a pair (images, issame) of lists, got {type(obj).__name__}"
         )
-    images, flags = data
+    images, flags = obj
     for i, image in enumerate(images):
         if not isinstance(image, (bytes, bytearray)):
             raise InsightFaceFormatError(f"{path}: image {i} is {type(image).__name__}, not bytes")
+    # The memo lets one stored string stand for many images; each would be copied (bytes() of a
+    # bytearray) and decoded. A genuine .bin stores each image once.
+    referenced = sum(len(image) for image in images)
+    if referenced > len(data):
+        raise InsightFaceFormatError(
+            f"{path}: images reference {referenced} bytes, more than the file's {len(data)}: "
+            "a byte string is used for several images"
+        )
     for i, flag in enumerate(flags):
         if not isinstance(flag, bool):
             raise InsightFaceFormatError(f"{path}: issame {i} is {type(flag).__name__}, not bool")
@@ -422,15 +525,17 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], list[bool]]:
     return [bytes(image) for image in images], list(flags)
 
 
-def load_bin_pairs(path: str | os.PathLike, size: int = 112) -> tuple[Tensor, Tensor]:
+def load_bin_pairs(
+    path: str | os.PathLike, size: int = 112, max_pixels: int = MAX_PIXELS
+) -> tuple[Tensor, Tensor]:
     """Decoded verification pairs of a .bin: uint8 images [2n, 3, size, size] (pair k is rows
-    2k and 2k+1) and issame BoolTensor [n]."""
+    2k and 2k+1) and issame BoolTensor [n]; an image of more than `max_pixels` is an error."""
     images, flags = load_bin(path)
     out = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
     for i, image in enumerate(images):
         try:
-            out[i] = decode_image(image, size)
+            out[i] = decode_image(image, size, max_pixels)
         except UnreadableImageError as err:
             why = _one_line(err).removeprefix("<bytes>: ")
-            raise UnreadableImageError(f"{path}: image {i}: {why}") from None
+            raise type(err)(f"{path}: image {i}: {why}") from None
     return out, torch.tensor(flags, dtype=torch.bool)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ahm_core.config import DataConfig
+from ahm_core.config import ConfigError, DataConfig
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs, holdout_identities, make_pairs
 
@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def load_faces(cfg: DataConfig) -> FaceSet:
-    """The face set `cfg.source` names, at `cfg.image_size`; prints its one summary line."""
+    """The face set `cfg.source` names, at `cfg.image_size`, no image over `cfg.max_pixels`;
+    prints its one summary line."""
     if cfg.source == "synthetic":
         from ahm_core.data.synthetic import SynthFaces
 
@@ -26,10 +27,10 @@ def load_faces(cfg: DataConfig) -> FaceSet:
     if cfg.source == "folder":
         from ahm_core.data.folders import FolderFaces
 
-        return FolderFaces(cfg.root, cfg.image_size, cfg.min_images)
+        return FolderFaces(cfg.root, cfg.image_size, cfg.min_images, cfg.max_pixels)
     from ahm_core.data.insightface import RecordIOFaces
 
-    return RecordIOFaces(cfg.root, cfg.image_size)
+    return RecordIOFaces(cfg.root, cfg.image_size, cfg.max_pixels)
 
 
 class Split(NamedTuple):
@@ -42,10 +43,20 @@ class Split(NamedTuple):
 def verification_split(labels: Tensor, cfg: DataConfig) -> Split:
     """Hold out `cfg.test_fraction` of the identities (at least 2) for verification pairs."""
     ids = len(labels.unique())
+    if ids < 3:
+        raise ConfigError(
+            f"data: {ids} identities; verification needs >= 3 (2 held out, the rest to train)"
+        )
     held = min(ids - 1, max(2, round(cfg.test_fraction * ids)))
     train, test = holdout_identities(labels, held, cfg.seed)
+    try:
+        pairs = make_pairs(labels, test, cfg.num_pairs, seed=cfg.seed)
+    except ValueError as err:
+        raise ConfigError(
+            f"data: no verification pairs of the {held} held-out identities ({err})"
+        ) from None
     # Training labels must be 0..n-1 for the classification head: callers remap with `relabel`.
-    return Split(train, make_pairs(labels, test, cfg.num_pairs, seed=cfg.seed))
+    return Split(train, pairs)
 
 
 def relabel(labels: Tensor) -> tuple[Tensor, int]:
