@@ -1,8 +1,9 @@
 """A centralized run of one method: data -> identity-disjoint split -> training -> metrics.json.
 
 The hydra entry point `simulations.centralized` is a thin shell around `run_centralized`, which
-also runs from a notebook. A run folder holds `checkpoint.pt` (after every epoch, atomically) and
-`metrics.json`; started again on the same folder it resumes from the checkpoint.
+also runs from a notebook. A run folder holds `checkpoint.pt` (after every epoch, atomically,
+with the history) and `metrics.json` (written from that history); started again on the same
+folder it resumes from the checkpoint under the same config.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ahm_core.config import METHODS, AHMConfig, to_dict
+from ahm_core.config import METHODS, AHMConfig, ConfigError, to_dict
 from ahm_core.data.base import FaceSet
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.io import atomic_write
@@ -26,28 +27,35 @@ DP_FIT_IMAGES = 2048
 
 
 def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) -> dict:
-    """Train `cfg.masking.method` on `cfg.data`; write and return the run's metrics."""
+    """Train `cfg.masking.method` on `cfg.data`; write and return the run's metrics.
+
+    Resumed, the run continues only under the checkpoint's config (RESUMABLE options aside),
+    and metrics.json is rewritten from the history the checkpoint carries, so the two agree.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
     faces = load_faces(cfg.data)
     split = verification_split(faces.labels, cfg.data)
     labels, num_classes = relabel(faces.labels[split.train])
-    masking = masking_for_run(cfg, faces, split.train)
     steps = len(split.train) // cfg.train.batch_size
+    if steps == 0:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is more than the {len(split.train)} "
+            "training images, so an epoch has no step"
+        )
+    masking = masking_for_run(cfg, faces, split.train)
     trainer = Trainer(cfg, masking, num_classes, steps)
-    checkpoint = out_dir / "checkpoint.pt"
     history: list[dict] = []
-    if resume and checkpoint.exists():
-        trainer.restore(checkpoint)
-        if (out_dir / "metrics.json").exists():
-            history = json.loads((out_dir / "metrics.json").read_text())["history"]
-        log.info("resumed %s at epoch %d", checkpoint, trainer.epoch)
     start = time.perf_counter()
+    if resume and checkpoint.exists():
+        history = trainer.restore(checkpoint, ("history",))["history"]
+        log.info("resumed %s at epoch %d", checkpoint, trainer.epoch)
     while trainer.epoch < cfg.train.epochs:
         epoch = trainer.train_epoch(faces, split.train, labels)
         epoch["verification"] = trainer.verify(faces, split.pairs)
         history.append(epoch)
-        trainer.save(checkpoint)
+        trainer.save(checkpoint, history=history)
         log.info(
             "epoch %d: loss %.3f, verification %.4f, %.0f images/s",
             epoch["epoch"],
@@ -56,7 +64,7 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
             epoch["images_per_s"],
         )
         _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
-    return json.loads((out_dir / "metrics.json").read_text())
+    return _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
 
 
 def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPipeline:
@@ -69,7 +77,8 @@ def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPip
 
 def _write_metrics(
     out_dir: Path, cfg: AHMConfig, history: list[dict], checkpoint: Path, seconds: float
-) -> None:
+) -> dict:
+    """metrics.json from the run's history (the checkpoint's), written atomically; returned."""
     last = history[-1]
     metrics = {
         "method": cfg.masking.method,
@@ -91,3 +100,4 @@ def _write_metrics(
         metrics["k_proportions"] = {k: round(v / n, 4) for k, v in sorted(total.items())}
     text = json.dumps(metrics, indent=2)
     atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+    return json.loads(text)

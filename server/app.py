@@ -2,7 +2,9 @@
 checkpoints and Prometheus metrics (see `server.run`).
 
 It records how the run ended in `<out-dir>/status.json`, written atomically: `{"token": ...,
-"state": "running" | "complete" | "failed"}`, plus `"error": "Type: first line"` when it failed.
+"state": "running" | "complete" | "failed"}`, plus `"error": "Type: first line"` when it failed;
+bad input (a config, data or checkpoint error) is logged as one line, its message the error,
+and the ServerApp returns without the traceback Flower would print.
 `token` echoes the app option `run-token`, so a launcher tells its own launch's outcome from a
 file an earlier run left; it needs the file because `flwr run` exits 0 whatever the ServerApp did.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from logging import ERROR
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from ahm_core.errors import INPUT_ERRORS
 from ahm_core.federated import APP_DEFAULTS, split_run_config
 from ahm_core.io import atomic_write
 from server.run import ServerRun
@@ -62,6 +67,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg, options = split_run_config(flat)
         ServerRun(cfg, options).run(grid)
+    except INPUT_ERRORS as err:  # bad input: one line, no traceback (Flower prints one if raised)
+        log(ERROR, "ahm: %s", err)
+        write_status(out, token, "failed", error=str(err))
+        return
     except BaseException as err:
         with contextlib.suppress(OSError):  # the error to report is `err`, not this write's
             write_status(out, token, "failed", error=error_line(err))

@@ -23,13 +23,15 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ahm_core.config import AHMConfig, ConfigError, mixing_ks, to_dict
+from ahm_core.config import AHMConfig, mixing_ks, refuse_changed_config, to_dict
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, load_checkpoint
 from server.metrics import ServerMetrics
 from server.privacy import epsilon_spent
 from server.replies import Limits
 from server.strategy import Guarded, build_strategy, load_server_state, server_state
+
+CHECKPOINT_KEYS = ("round", "state", "history", "config", "server_state")
 
 
 class ServerRun:
@@ -52,15 +54,11 @@ class ServerRun:
         self.metrics: ServerMetrics | None = None
 
     def _resume(self) -> None:
-        saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        before, now = saved["config"], to_dict(self.cfg)
-        before["federation"].pop("rounds"), now["federation"].pop("rounds")
-        if before != now:
-            raise ConfigError(
-                f"{self.checkpoint}: written with another config; use a new out-dir or resume=false"
-            )
+        saved = load_checkpoint(self.checkpoint, required=CHECKPOINT_KEYS)
+        refuse_changed_config(self.checkpoint, saved["config"], self.cfg)
         self.state, self.history, self.done = saved["state"], saved["history"], saved["round"]
         self.saved_server_state = saved["server_state"]
+        self._write_rounds()  # a kill between the checkpoint and rounds.json left it stale
         log(INFO, "resuming %s after round %d", self.checkpoint, self.done)
 
     def limits(self, grid: Grid) -> Limits:
@@ -165,6 +163,9 @@ class ServerRun:
             "server_state": server_state(self.strategy) if self.strategy else {},
         }
         atomic_write(self.checkpoint, lambda tmp: torch.save(saved, tmp))
+        self._write_rounds()
+
+    def _write_rounds(self) -> None:
         text = json.dumps(self._summary(), indent=2)
         atomic_write(self.out / "rounds.json", lambda tmp: tmp.write_text(text))
 

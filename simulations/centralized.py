@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import logging
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.experiment import run_centralized
+from simulations.cli import entry
 from simulations.schema import register, split_run_config
 
 register()
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="centralized")
+@entry("centralized", "centralized")
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg, "centralized")
     logging.getLogger("ahm_core").setLevel(logging.INFO)

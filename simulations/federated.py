@@ -9,15 +9,17 @@ python -m simulations.federated -m masking.method=ppfr_fd,masking_adamixup
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.config import AHMConfig
+from ahm_core.train import resolve_device
+from simulations.cli import entry
 from simulations.flower import LaunchInterrupted, ServerAppError, bind_error, launch
 from simulations.schema import register, split_run_config
 
@@ -27,8 +29,10 @@ register()
 
 def check_launch(cfg: AHMConfig, options: dict[str, Any], prog: str) -> None:
     """End the program with one line when the launch options of FederatedRunConfig cannot give
-    a federation: too few SuperNodes for `federation.min_clients` (Flower would wait for the
-    missing ones forever), a metrics port out of range, or one that cannot be served."""
+    a federation: a device this machine lacks, too few SuperNodes for `federation.min_clients`
+    (Flower would wait for the missing ones forever), clients' resources below one CPU or not a
+    GPU count, a metrics port out of range, or one that cannot be served."""
+    resolve_device(cfg.train.device)  # the simulation runs here: a missing GPU ends it now
     supernodes, minimum = options["supernodes"], cfg.federation.min_clients
     port, address = options["metrics_port"], options["metrics_address"]
     if supernodes < 1:
@@ -38,6 +42,13 @@ def check_launch(cfg: AHMConfig, options: dict[str, Any], prog: str) -> None:
             f"{prog}: supernodes={supernodes}: below federation.min_clients={minimum}; expected "
             f"supernodes>={minimum} (or a lower federation.min_clients)"
         )
+    if options["cpus_per_client"] < 1:
+        raise SystemExit(
+            f"{prog}: cpus_per_client={options['cpus_per_client']}: expected at least 1 CPU"
+        )
+    gpus = options["gpus_per_client"]
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise SystemExit(f"{prog}: gpus_per_client={gpus}: expected a number >= 0")
     if not 0 <= port <= 65535:
         raise SystemExit(f"{prog}: metrics_port={port}: expected 0 (off) or a TCP port 1..65535")
     error = bind_error(address, port) if port else None
@@ -75,7 +86,7 @@ def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str
         raise SystemExit(f"{prog}: interrupted ({err.signal}); stopped the SuperLink") from None
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="federated")
+@entry("federated", PROG)
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg, PROG)
     logging.getLogger("ahm_core").setLevel(logging.INFO)

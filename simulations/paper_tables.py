@@ -7,17 +7,17 @@ the reconstruction grids in the run folder; rows already finished there are skip
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.paper import run_tables
+from simulations.cli import entry
 from simulations.schema import register, split_run_config
 
 register()
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="paper_tables")
+@entry("paper_tables", "paper_tables")
 def main(hcfg: DictConfig) -> None:
     cfg, _ = split_run_config(hcfg, "paper_tables")
     out = HydraConfig.get().runtime.output_dir

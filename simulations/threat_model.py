@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
+from simulations.cli import entry
 from simulations.federated import run_federation
 from simulations.schema import register, split_run_config
 
@@ -28,7 +28,7 @@ PROG = "threat_model"
 register()
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="threat_model")
+@entry("threat_model", PROG)
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg, PROG)
     logging.getLogger("ahm_core").setLevel(logging.INFO)

@@ -1,0 +1,103 @@
+"""How every hydra entry point ends on bad input: one line `prog: what`, exit status 1.
+
+Hydra prints a bad override over several lines and a task's exception with a traceback. `entry`
+runs hydra with HYDRA_FULL_ERROR set, so both reach it, and ends the program with one line for
+bad input: any error composing the config (an override hydra cannot apply), and in the task a
+ConfigError, a data or checkpoint error. Any other exception of the task is a bug and keeps its
+traceback; so does everything when the user set HYDRA_FULL_ERROR themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from ahm_core.errors import INPUT_ERRORS
+
+CONF = Path(__file__).resolve().parent / "conf"
+FULL_ERROR = "HYDRA_FULL_ERROR"
+COMPOSE_ERRORS = (HydraException, OmegaConfBaseException)  # hydra's, in the task too
+
+
+Task = Callable[[DictConfig], None]
+
+
+def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
+    """`hydra.main` over simulations/conf/`config_name`.yaml whose bad input ends in one line."""
+
+    def wrap(task: Task) -> Callable[[], None]:
+        in_task = False
+
+        @functools.wraps(task)
+        def guarded(hcfg: DictConfig) -> None:
+            nonlocal in_task
+            in_task = True
+            try:
+                task(hcfg)
+            except (*INPUT_ERRORS, *COMPOSE_ERRORS) as err:
+                raise SystemExit(f"{prog}: {error_line(err)}") from None
+
+        run = hydra.main(version_base=None, config_path=str(CONF), config_name=config_name)(guarded)
+
+        @functools.wraps(task)
+        def main() -> None:
+            nonlocal in_task
+            in_task = False
+            if os.environ.get(FULL_ERROR):
+                return run()
+            os.environ[FULL_ERROR] = "1"  # hydra raises instead of printing
+            try:
+                return run()
+            except Exception as err:
+                if in_task:  # a bug of the task, not bad input: keep its traceback
+                    raise
+                raise SystemExit(f"{prog}: {error_line(err)}") from None  # composing the config
+            finally:
+                os.environ.pop(FULL_ERROR, None)
+
+        return main
+
+    return wrap
+
+
+def error_line(err: BaseException) -> str:
+    """An error of bad input as one line: an override hydra refused keeps the override and
+    OmegaConf's reason ("train.lr=abc: Value 'abc' of type 'str' could not be converted to
+    Float"), a missing config group option lists the available ones."""
+    if isinstance(err, OmegaConfBaseException):
+        return f"{err.full_key}: {_one_line(err.msg)}" if err.full_key else _one_line(err.msg)
+    line = _one_line(str(err)).removeprefix("Error merging override ")
+    cause = err.__cause__
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and dataclasses.is_dataclass(
+        cause.object_type
+    ):
+        names = ", ".join(sorted(f.name for f in dataclasses.fields(cause.object_type)))
+        return f"{cause.full_key}: unknown option; expected one of {names}"
+    if isinstance(err, HydraException) and isinstance(cause, OmegaConfBaseException):
+        line = f"{line}: {_one_line(cause.msg)}"
+    return line or type(err).__name__
+
+
+def _one_line(text: str) -> str:
+    """A multi-line message in one line: tab-indented lines become a comma-separated list of
+    the line before; OmegaConf's key details and hydra's search path and links are left out."""
+    lines: list[str] = []
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if line.startswith(("Config search path", "See https", "full_key:", "reference_type=")):
+            break
+        if not line:
+            continue
+        if raw.startswith("\t") and lines:
+            lines[-1] += (" " if lines[-1].endswith(":") else ", ") + line
+        else:
+            lines.append(line.rstrip("."))
+    return "; ".join(lines)

@@ -1,0 +1,154 @@
+"""Bad input through every entry point ends in one line naming the key, the value and what is
+expected, with exit status 1 and no traceback: hydra's four and the Flower run config."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+import simulations.flower
+from simulations.flower import PROJECT, flwr_env, stop_superlink
+
+TINY = ["train.epochs=1", "data.num_identities=24", "data.images_per_identity=6"]
+TINY += ["data.num_pairs=200", "train.batch_size=16", "model.blocks=[1,1]", "model.width=8"]
+ENTRY_POINTS = ("centralized", "federated", "paper_tables", "threat_model")
+
+# (override, what the line says after "prog: "), for every entry point.
+BAD = [
+    ("train.batch_size=abc", "train.batch_size=abc: Value 'abc' of type 'str' could not be"),
+    ("train.batch_size=1.5", "train.batch_size=1.5: Value '1.5' of type 'float' could not"),
+    ("train.batch_size=true", "train.batch_size=true: Value 'True' of type 'bool' could not"),
+    ("train.batch_size=inf", "train.batch_size=inf: Value 'inf' of type 'float' could not"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.flip=maybe", "train.flip=maybe: Value 'maybe' is not a valid bool"),
+    ("train.lr=", "train.lr=: Value '' of type 'str' could not be converted to Float"),
+    ("policy.k_set=abc", "policy.k_set=abc: Invalid value assigned: str is not a ListConfig"),
+    ("policy.k_set=[a]", "policy.k_set=[a]: Value 'a' of type 'str' could not be converted"),
+    ("policy.k_set=[]", "policy.k_set: the candidate set of k is empty"),
+    ("policy.k_set=[1,2]", "policy.k_set: k must be >= 2"),
+    ("model.blocks=[]", "model.blocks: expected one or more stages of >= 1 block each"),
+    ("model.blocks=[0]", "model.blocks: expected one or more stages of >= 1 block each"),
+    ("model.blocks=[1,1,1,1,1,1,1]", "data.image_size: 7 stages of model.blocks="),
+    ("train.momentum=nan", "train.momentum: must be a finite number, got nan"),
+    ("train.lr=inf", "train.lr: must be a finite number, got inf"),
+    ("federation.max_update_norm=nan", "federation.max_update_norm: must be a finite number"),
+    ("federation.fraction_train=nan", "federation.fraction_train: must be a finite number"),
+    ("federation.fault_fraction=nan", "federation.fault_fraction: must be a finite number"),
+    ("data.test_fraction=nan", "data.test_fraction: must be a finite number, got nan"),
+    ("data.test_fraction=1.0", "data.test_fraction: must be < 1.0, got 1.0"),
+    ("model.margin=inf", "model.margin: must be a finite number, got inf"),
+    ("data.seed=-1", "data.seed: must be >= 0, got -1"),
+    ("data.num_identities=1", "data.num_identities: must be >= 3, got 1"),
+    ("data.num_identities=1e9", "data.num_identities=1e9: Value '1000000000.0' of type"),
+    ("data.image_size=1000", "data.image_size: synthetic faces take (32, 112), got 1000"),
+    ("mixup.k=1", "mixup.k: must be >= 2, got 1"),
+    ("masking.num_channels=64", "masking.num_channels: must be <= 63, got 64"),
+    ("masking.method=rot13", "masking.method: unknown value 'rot13'; expected one of arcface"),
+    ("masking.method=null", "masking.method=null: field 'masking.method' is not Optional"),
+    ("train.device=garbage", "train.device: unknown device 'garbage'; expected auto, cpu"),
+    ("train.device=cuda:7", "train.device: cuda:7 requested, but this machine has 0 CUDA"),
+    ("data.root=[1,2]", "data.root=[1,2]: Cannot convert 'list' to string"),
+    ("data.source=folder", "data.root: required for data.source=folder"),
+    ("train.foo=1", "train.foo: unknown option; expected one of amp, batch_size"),
+    ("+train.foo=1", "train.foo: unknown option; expected one of amp, batch_size"),
+    ("foo=1", "foo: unknown option; expected one of attack"),
+    ("profile=nope", "Could not find 'profile/nope'; Available options in 'profile': default,"),
+    ("data=nope", "Could not find 'data/nope'; Available options in 'data': folder, insightface"),
+    ("resume=maybe", "resume=maybe: Value 'maybe' is not a valid bool"),
+]
+# Failing only once the data is read: in the process itself for these two (a federation's
+# ServerApp reads them; see test_flwr_run_ends_bad_input_in_one_line).
+DATA = [
+    ("data=folder data.root=/nonexistent", "data.root: /nonexistent is not a folder"),
+    ("data=insightface data.root=/", "/train.rec: RecordIO file not found"),
+    ("train.batch_size=1000", "train.batch_size: 1000 is more than the 114 training images"),
+]
+LAUNCH = [
+    ("supernodes=0", "supernodes=0: expected at least 1 SuperNode"),
+    ("supernodes=1", "supernodes=1: below federation.min_clients=2"),
+    ("cpus_per_client=0", "cpus_per_client=0: expected at least 1 CPU"),
+    ("gpus_per_client=nan", "gpus_per_client=nan: expected a number >= 0"),
+    ("metrics_port=99999", "metrics_port=99999: expected 0 (off) or a TCP port 1..65535"),
+    ("client_state=maybe", "client_state=maybe: Value 'maybe' is not a valid bool"),
+]
+CASES = [(entry, *case) for entry in ENTRY_POINTS for case in BAD]
+CASES += [(entry, *case) for entry in ("centralized", "paper_tables") for case in DATA[:2]]
+CASES += [("centralized", *DATA[2])]
+CASES += [(entry, *case) for entry in ("federated", "threat_model") for case in LAUNCH]
+
+
+def _no_launch(*args, **kwargs):
+    raise AssertionError("a bad config reached flwr run")
+
+
+@pytest.mark.parametrize(("entry", "override", "line"), CASES)
+def test_a_bad_override_ends_in_one_line(entry, override, line, tmp_path, monkeypatch, capsys):
+    main = importlib.import_module(f"simulations.{entry}").main
+    monkeypatch.setattr(simulations.flower, "launch", _no_launch)
+    monkeypatch.setattr(importlib.import_module("simulations.federated"), "launch", _no_launch)
+    overrides = [*TINY, *override.split(), f"hydra.run.dir={tmp_path}", "resume=false"]
+    if override.startswith("resume="):
+        overrides.remove("resume=false")
+    monkeypatch.setattr(sys, "argv", [entry, *overrides, "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as done:
+        main()
+    message = done.value.code
+    assert isinstance(message, str), f"exit status {message}, expected one line"
+    assert message.startswith(f"{entry}: ") and "\n" not in message, message
+    assert line in message, message
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_the_process_exits_1_with_one_line_on_stderr(entry, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", f"simulations.{entry}", "train.momentum=nan"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"{entry}: train.momentum: must be a finite number, got nan"
+    ]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only bad input is shortened: an error the code did not expect shows where it arose."""
+    script = (
+        "import sys; import simulations.paper_tables as p\n"
+        "def bug(*a, **k): raise RuntimeError('a bug')\n"
+        "p.run_tables = bug; sys.argv = ['paper_tables']; p.main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "RuntimeError: a bug" in done.stderr
+
+
+def test_flwr_run_ends_bad_input_in_one_line(tmp_path):
+    """`flwr run . --run-config`: the ServerApp logs one line, no traceback, and its status.json
+    says failed with that line (`flwr run` itself exits 0 whatever the ServerApp did)."""
+    home, out = tmp_path / "flwr_home", tmp_path / "out"
+    home.mkdir()
+    command = [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT), "--stream"]
+    command += ["--run-config", f"train.batch_size=true out-dir='{out}' run-token='t'"]
+    command += ["--federation-config", "num-supernodes=2"]
+    try:
+        done = subprocess.run(
+            command, env=flwr_env(home), capture_output=True, text=True, timeout=240
+        )
+    finally:
+        stop_superlink(home)
+    line = "train.batch_size: expected an integer, got True"  # not 1, as int(True) would give
+    logs = done.stdout + done.stderr
+    assert f"ahm: {line}" in logs and "Traceback" not in logs
+    assert simulations.flower.status_error(out, "t") == f"the ServerApp failed: {line}"
