@@ -22,7 +22,8 @@ from ahm_core.plots import save_grid
 
 def masking_rows(faces: Tensor, fit_images: Tensor, seed: int = 0) -> list[tuple[str, Tensor]]:
     """(label, rendered batch) for each method; faces are [n, 3, H, W] in [0, 1]."""
-    base = apply_overrides(AHMConfig(), {"data.image_size": faces.shape[-1]})
+    # No network is built here: one stage of the backbone only keeps any even size valid.
+    base = apply_overrides(AHMConfig(), {"data.image_size": faces.shape[-1], "model.blocks": (1,)})
     labels = torch.arange(len(faces))
     rows = [("original", faces)]
     settings = [
@@ -54,11 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     parser.add_argument("--faces", type=int, default=6, help="faces per row (>= 6 for k=6)")
-    parser.add_argument("--size", type=int, default=112, help="face size in pixels (32..112)")
+    parser.add_argument("--size", type=int, default=112, help="face size in pixels (32..112, even)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.faces < 6:
         parser.error("--faces must be >= 6: Masking+MixUp k=6 mixes six faces of the row")
+    if not (32 <= args.size <= 112 and args.size % 2 == 0):
+        parser.error(f"--size must be an even number of pixels in 32..112, got {args.size}")
     data = SynthFaces(
         num_identities=args.faces + 64, images_per_identity=4, size=args.size, seed=args.seed
     )
