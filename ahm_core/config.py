@@ -108,6 +108,9 @@ class DataConfig:
     max_pixels: int = field(default=MAX_PIXELS, metadata=_positive(max=PIL_MAX_PIXELS))
     test_fraction: float = field(default=0.2, metadata={"min_open": 0.0, "max_open": 1.0})
     num_pairs: int = field(default=6000, metadata={"min": 20})  # verification pairs, 10 folds
+    # InsightFace verification .bin files (lfw.bin, cfp_fp.bin, agedb_30.bin, ...) also scored
+    # after every epoch or round, on their own pairs and folds (ahm_core.data.benchmarks)
+    verification: tuple[str, ...] = ()
     seed: int = field(default=0, metadata=SEED)
 
 

@@ -13,11 +13,14 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from ahm_core.config import METHODS, AHMConfig, ConfigError, to_dict
 from ahm_core.data.base import FaceSet
+from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.data.sources import load_faces, relabel, verification_split
+from ahm_core.evaluate import benchmark_line
 from ahm_core.io import atomic_write
 from ahm_core.masking import MaskingPipeline, build_masking
 from ahm_core.train import Trainer
@@ -45,6 +48,7 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
             "training images, so an epoch has no step"
         )
     masking = masking_for_run(cfg, faces, split.train)
+    benchmarks = load_benchmarks(cfg.data)
     trainer = Trainer(cfg, masking, num_classes, steps)
     history: list[dict] = []
     start = time.perf_counter()
@@ -54,6 +58,7 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
     while trainer.epoch < cfg.train.epochs:
         epoch = trainer.train_epoch(faces, split.train, labels)
         epoch["verification"] = trainer.verify(faces, split.pairs)
+        epoch["benchmarks"] = {b.name: trainer.verify(b.faces, b.pairs) for b in benchmarks}
         history.append(epoch)
         trainer.save(checkpoint, history=history)
         log.info(
@@ -63,16 +68,25 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
             epoch["verification"]["accuracy"],
             epoch["images_per_s"],
         )
+        for name, report in epoch["benchmarks"].items():
+            log.info("epoch %d: %s %s", epoch["epoch"], name, benchmark_line(report))
         _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
     return _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
 
 
 def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPipeline:
-    """The run's masking pipeline; DP fits its eigenfaces on (up to 2,048) training images."""
+    """The run's masking pipeline; DP fits its eigenfaces on up to 2,048 training images drawn
+    at random (seeded by `data.seed`), so they span the identities, not the first ones."""
     fit = None
     if METHODS[cfg.masking.method].domain == "dp":
-        fit = faces.images_uint8(train[:DP_FIT_IMAGES]).float() / 255.0
+        fit = faces.images_uint8(dp_fit_items(train, cfg.data.seed)).float() / 255.0
     return build_masking(cfg, fit_images=fit)
+
+
+def dp_fit_items(train: Tensor, seed: int) -> Tensor:
+    """Up to DP_FIT_IMAGES of the training items, drawn at random (in their order)."""
+    g = torch.Generator().manual_seed(seed)
+    return train[torch.randperm(len(train), generator=g)[:DP_FIT_IMAGES].sort().values]
 
 
 def _write_metrics(
@@ -84,6 +98,7 @@ def _write_metrics(
         "method": cfg.masking.method,
         "verification_accuracy": last["verification"]["accuracy"],
         "verification": last["verification"],
+        "benchmarks": last.get("benchmarks", {}),
         "checkpoint": str(checkpoint),
         "epochs": len(history),
         "train_seconds_this_session": round(seconds, 1),

@@ -24,6 +24,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from ahm_core.config import AHMConfig, mixing_ks, refuse_changed_config, to_dict
+from ahm_core.data.benchmarks import load_benchmarks
+from ahm_core.evaluate import benchmark_line
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
 from ahm_core.io import atomic_write, load_checkpoint
 from server.metrics import ServerMetrics
@@ -44,6 +46,7 @@ class ServerRun:
         self.checkpoint = self.out / "checkpoint.pt"
         self.data = federated_data(cfg)
         self.masking = run_masking(cfg, self.data)
+        self.benchmarks = load_benchmarks(cfg.data)
         self.state = initial_state(cfg, self.masking, self.data)
         self.history: list[dict] = []
         self.done = 0  # rounds finished before this session
@@ -132,8 +135,14 @@ class ServerRun:
                 dp_epsilon=record.get("dp", {}).get("epsilon"),
             )
         record["verification"] = report
+        record["benchmarks"] = {
+            b.name: evaluate_global(self.cfg, b.faces, b.pairs, self.masking, self.state)
+            for b in self.benchmarks
+        }
         self.history.append(record)
         log(INFO, "round %d: verification accuracy %.4f", number, report["accuracy"])
+        for name, bench in record["benchmarks"].items():
+            log(INFO, "round %d: %s %s", number, name, benchmark_line(bench))
         self._save(number)
         return MetricRecord({"accuracy": report["accuracy"]})
 
@@ -173,6 +182,7 @@ class ServerRun:
         return {
             "method": self.cfg.masking.method,
             "final_accuracy": self.history[-1]["accuracy"] if self.history else None,
+            "final_benchmarks": self.history[-1].get("benchmarks", {}) if self.history else {},
             "rounds": self.history,
             "checkpoint": str(self.checkpoint),
             "config": to_dict(self.cfg),

@@ -3,6 +3,7 @@ import torch
 
 from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.synthetic import render_faces
+from ahm_core.experiment import DP_FIT_IMAGES, dp_fit_items
 from ahm_core.masking import EigenfaceDP, build_masking, to_gray
 
 SIZE = 48
@@ -85,3 +86,12 @@ def test_dp_refuses_unfitted_use_and_other_sizes(images, fit_images):
     dp = EigenfaceDP(components=8).fit(to_gray(fit_images))
     with pytest.raises(ValueError, match="fitted on"):
         dp(torch.rand(2, 1, 32, 32))
+
+
+def test_dp_fits_its_eigenfaces_on_images_of_every_identity():
+    labels = torch.arange(300).repeat_interleave(20)  # a folder's order: person by person
+    train = torch.arange(len(labels))
+    chosen = dp_fit_items(train, seed=0)
+    assert len(chosen) == DP_FIT_IMAGES and len(labels[chosen].unique()) == 300
+    assert len(labels[train[:DP_FIT_IMAGES]].unique()) == 103  # what the first 2,048 span
+    assert torch.equal(dp_fit_items(train[:100], seed=0), train[:100])  # fewer: all of them
