@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs
+from ahm_core.metrics.uncertainty import fold_interval
 
 THRESHOLDS = torch.arange(0, 400) / 100.0
 
@@ -91,6 +92,7 @@ def verification_report(embeddings: Tensor, pairs: Pairs) -> dict:
     return {
         "accuracy": float(acc.mean()),
         "accuracy_std": float(acc.std(unbiased=False)),
+        "accuracy_ci95": list(fold_interval(acc)),
         "thresholds": [round(float(t), 2) for t in thresholds],
         "tar_at_far_1e-3": tar_at_far(dist, pairs.same),
         "tar_at_far_1e-3_folds": tar_at_far_folds(dist, pairs.same, pairs.fold),
@@ -139,10 +141,12 @@ def evaluate_verification(
 
 
 def benchmark_line(report: dict) -> str:
-    """A benchmark's report as InsightFace prints it: accuracy +- fold std, and TAR@FAR."""
-    tar = report["tar_at_far_1e-3_folds"]
+    """A benchmark's report as InsightFace prints it (accuracy +- fold std, TAR@FAR), with the
+    accuracy's 95% interval."""
+    tar, (low, high) = report["tar_at_far_1e-3_folds"], report["accuracy_ci95"]
     return (
-        f"accuracy {report['accuracy']:.4f} +- {report['accuracy_std']:.4f}, "
+        f"accuracy {report['accuracy']:.4f} +- {report['accuracy_std']:.4f} "
+        f"(95% [{low:.4f}, {high:.4f}]), "
         f"TAR {tar['mean']:.4f} +- {tar['std']:.4f} at FAR {tar['far']:.5f} "
         f"({report['pairs']} pairs)"
     )

@@ -164,6 +164,7 @@ def privacy_metrics(
         "psnr": float(psnr(reconstructions, originals).mean()),
         "ssim": float(ssim(reconstructions, originals).mean()),
         "leakage_rank1": leakage["rank1"],
+        "leakage_rank1_ci95": leakage["rank1_ci95"],
         "leakage_chance": leakage["chance"],
         "mean_face_a_lpips": floor["a_lpips"],
         "mean_face_a_feat": floor["a_feat"],

@@ -201,7 +201,8 @@ def test_identity_leakage():
     gallery = render_faces(ids, torch.arange(20) // 10, size=32, seed=5)
     model = toy_model(1)
     exact = identity_leakage(gallery.clone(), ids, gallery, ids, model)
-    assert exact == {"rank1": 1.0, "chance": 0.1}
+    assert exact["rank1"] == 1.0 and exact["chance"] == 0.1 and exact["trials"] == 20
+    assert exact["rank1_ci95"] == pytest.approx([0.8389, 1.0], abs=1e-4)  # Wilson, 20 of 20
     labels = torch.arange(60) % 10
     noise = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     blind = identity_leakage(noise, labels, gallery, ids, model, batch_size=7)

@@ -12,6 +12,7 @@ The paper's text says "product" for the last step, but its Table 2 holds the mea
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from ahm_core.masking.pipeline import to_gray
 from ahm_core.metrics.lpips import LPIPS, as_rgb, check_pair, check_unit_images
+from ahm_core.metrics.uncertainty import wilson_interval
 
 FeatureModel = Callable[[Tensor], Tensor]  # images [N, 3, H, W] in [0, 1] -> embeddings [N, D]
 INDICES = ("m_lpips", "m_feat", "a_lpips", "a_feat")
@@ -131,9 +133,10 @@ def identity_leakage(
     gallery_labels: Tensor,
     eval_model: FeatureModel,
     batch_size: int = 64,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Rank-1 re-identification rate of reconstructions: the identity of the most cosine-similar
-    gallery original, embedded by `eval_model` (not the attacked model), and its chance level."""
+    gallery original, embedded by `eval_model` (not the attacked model), its Wilson 95% interval
+    over the reconstructions tried, and its chance level."""
     check_unit_images(reconstructions, "reconstructions")
     check_unit_images(gallery, "gallery")
     if len(reconstructions) != len(rec_labels) or len(gallery) != len(gallery_labels):
@@ -147,8 +150,11 @@ def identity_leakage(
         embed_images(eval_model, gallery, batch_size).T
     )
     predicted = gallery_labels.cpu()[similarity.argmax(dim=1)]
+    hits = int((predicted == rec_labels.cpu()).sum())
     return {
-        "rank1": float((predicted == rec_labels.cpu()).double().mean()),
+        "rank1": hits / len(rec_labels),
+        "rank1_ci95": list(wilson_interval(hits, len(rec_labels))),
+        "trials": len(rec_labels),
         "chance": 1.0 / len(identities),
     }
 

@@ -1,0 +1,39 @@
+"""The intervals figures carry, against textbook values and scipy's own."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from ahm_core.metrics.uncertainty import fold_interval, wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "expected"),
+    [
+        (5, 10, (0.2366, 0.7634)),  # the textbook example
+        (0, 20, (0.0, 0.1611)),
+        (20, 20, (0.8389, 1.0)),
+        (1, 64, (0.0028, 0.0833)),
+    ],
+)
+def test_wilson_interval(successes, trials, expected):
+    lo, hi = wilson_interval(successes, trials)
+    assert lo == pytest.approx(expected[0], abs=1e-4) and hi == pytest.approx(expected[1], abs=1e-4)
+    low, high = stats.binomtest(successes, trials).proportion_ci(method="wilson")
+    assert (lo, hi) == pytest.approx((low, high), abs=1e-9)
+
+
+def test_fold_interval_is_students_t_over_the_folds():
+    folds = torch.tensor([0.9, 0.92, 0.88, 0.91, 0.95, 0.87, 0.9, 0.93, 0.89, 0.9])
+    lo, hi = fold_interval(folds)
+    mean, sem = float(folds.double().mean()), float(folds.double().std()) / math.sqrt(10)
+    assert (lo + hi) / 2 == pytest.approx(mean)
+    assert (hi - lo) / 2 == pytest.approx(2.2622 * sem, rel=1e-4)  # t(0.975, 9) = 2.2622
+    assert fold_interval(torch.tensor([0.7])) == (pytest.approx(0.7), pytest.approx(0.7))
+
+
+def test_wilson_needs_a_trial():
+    with pytest.raises(ValueError, match="at least one trial"):
+        wilson_interval(0, 0)
