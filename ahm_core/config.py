@@ -78,6 +78,7 @@ STRATEGIES = (
 )
 DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates
 DP_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
+GI_OBJECTIVES = ("global", "per_layer")  # ahm_core.attacks.gradient_inversion.OBJECTIVES
 SYNTH_SIZES = (32, 112)
 MAX_PIXELS = 25_000_000  # 5000 x 5000: above any face photo, far below a decompression bomb
 PIL_MAX_PIXELS = 178_956_970  # PIL refuses to open larger images at all (2 x MAX_IMAGE_PIXELS)
@@ -259,6 +260,7 @@ class AttackConfig:
     gi_iterations: int = field(default=300, metadata=_positive())
     gi_restarts: int = field(default=2, metadata=_positive())
     gi_local_steps: int = field(default=1, metadata=_positive())  # 1: FedSGD; E > 1: FedAvg
+    gi_objective: str = "global"  # global | per_layer: one cosine of the updates, or a mean
     demix_images: int = field(default=24, metadata={"min": 4})  # private images mixed
     demix_rounds: int = field(default=3, metadata=_positive())  # mixes each image appears in
     gmi_targets: int = field(default=4, metadata=_positive())  # identities model-inverted
@@ -324,6 +326,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
     _choice("federation.strategy", cfg.federation.strategy, STRATEGIES)
     _choice("federation.dp", cfg.federation.dp, DP_MODES)
+    _choice("attack.gi_objective", cfg.attack.gi_objective, GI_OBJECTIVES)
     for defence in cfg.attack.defences:
         _choice("attack.defences", defence, METHODS)
     if not DEVICE.fullmatch(cfg.train.device):

@@ -260,14 +260,17 @@ def _gradient_inversion(
         local_steps=a.gi_local_steps,
         local_lr=cfg.train.lr,
         seed=cfg.train.seed,
+        objective=a.gi_objective,
+        # The valid range of what the client trains on, as the attacker's own masked faces span it
+        bounds=(float(aux_set.masked.min()), float(aux_set.masked.max())),
     )
     update = simulate_update(net, masked, mixed_labels, coefs, options)
     recovered = invert_gradients(net, update, tuple(masked.shape), mixed_labels, coefs, options)
     score = match_and_score(recovered.x, masked)
     matched = recovered.x[score["order"]].detach().cpu()
     originals = victim_set.targets
-    if pipeline.domain == "rgb" and pipeline.mixing is None:
-        chained, direct = matched.clamp(0, 1), originals
+    if pipeline.domain == "rgb" and pipeline.mixing is None:  # the input is the face: render it
+        chained, direct = pipeline.render(matched), originals
     else:
         cgan = train_cgan(cfg, pipeline, aux_set, ctx.device)
         chained, direct = cgan.reconstruct(matched), cgan.reconstruct(victim_set.masked)
@@ -275,7 +278,7 @@ def _gradient_inversion(
     gallery = ctx.gallery_images
     gallery_labels = ctx.data.faces.labels[ctx.gallery]
 
-    def leakage(reconstructions: Tensor) -> dict[str, float]:
+    def leakage(reconstructions: Tensor) -> dict[str, Any]:
         return identity_leakage(
             reconstructions[keep], victim_set.labels[keep], gallery, gallery_labels, ctx.feature
         )
@@ -290,6 +293,7 @@ def _gradient_inversion(
         "cosine": float(score["cosine"].mean()),
         "psnr": float(score["psnr"].mean()),
         "chain_rank1": chain["rank1"],
+        "chain_rank1_ci95": chain["rank1_ci95"],
         "chance": chain["chance"],
         "perfect_inversion_rank1": perfect["rank1"],
         **attack_effect(originals, chained, ctx.lpips, ctx.feature),

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from ahm_core.attacks.gradient_inversion import (
     InversionOptions,
     TrainingLoss,
+    cosine_distance,
     invert_gradients,
+    layer_cosine_distance,
     match_and_score,
     recover_labels,
     simulate_update,
@@ -185,3 +187,35 @@ def test_match_and_score_pairs_a_shuffled_batch() -> None:
     assert torch.equal(shuffle[small["order"]], torch.arange(5))
     assert bool((small["cosine"] > 0.99).all())
     assert bool((small["psnr"] > large["psnr"]).all())
+
+
+def test_the_objective_is_one_cosine_of_the_whole_updates() -> None:
+    g = torch.Generator().manual_seed(0)
+    update = [torch.randn(3, 4, generator=g), 100 * torch.randn(5, generator=g)]
+    target = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+    whole = F.cosine_similarity(
+        torch.cat([u.flatten() for u in update]), torch.cat([t.flatten() for t in target]), dim=0
+    )
+    assert float(cosine_distance(update, target)) == pytest.approx(1 - float(whole))
+    per_tensor = [
+        F.cosine_similarity(u.flatten(), t.flatten(), dim=0)
+        for u, t in zip(update, target, strict=True)
+    ]
+    assert float(layer_cosine_distance(update, target)) == pytest.approx(
+        1 - float(torch.stack(per_tensor).mean())
+    )
+
+
+def test_the_inversion_is_boxed_and_keeps_its_best_iterate() -> None:
+    identity = torch.tensor([2, 7])
+    x = faces(identity) * 2 - 1
+    labels, coefs = identity[:, None], torch.ones(2, 1)
+    net = tiny_net(3, "arcface")
+    update = simulate_update(net, x, labels, coefs)
+    free = InversionOptions(iterations=60, restarts=1, lr=0.3)
+    boxed = InversionOptions(iterations=60, restarts=1, lr=0.3, bounds=(-1.0, 1.0))
+    unboxed = invert_gradients(net, update, tuple(x.shape), labels, coefs, free)
+    result = invert_gradients(net, update, tuple(x.shape), labels, coefs, boxed)
+    assert unboxed.x.abs().max() > 1.0  # the test can fail: unboxed, the batch leaves [-1, 1]
+    assert result.x.min() >= -1.0 and result.x.max() <= 1.0
+    assert result.loss == min(result.trace) and result.loss <= result.trace[-1]

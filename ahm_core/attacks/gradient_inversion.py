@@ -3,8 +3,9 @@
 "Inverting Gradients" with breaching's split into who shares what (`simulate_update`), the
 attack (`invert_gradients`) and the analysis (`match_and_score`). The attacker holds the model and
 the update and optimises a batch whose update has the smallest cosine distance to the observed
-one, plus a total variation prior: Adam on signed gradients, step decay, random restarts, the best
-kept.
+one (one cosine over all parameters, as Geiping et al. and breaching; or the mean of per-tensor
+cosines), plus a total variation prior: Adam on signed gradients, step decay, the batch boxed to
+the valid input range after every step, random restarts, the best iterate of each kept.
 
 The model is `TrainingLoss`, or any module with forward(x, labels, coefs) -> per-sample loss [B]
 (labels and coefs [B, k], as `MixUpArcFace` takes them). On masked data the attack recovers the
@@ -36,6 +37,27 @@ from torch.func import functional_call
 Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
 
 
+def cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
+    """1 - the cosine between the two updates as single vectors (Geiping et al., breaching's
+    `cosine-similarity`): what the attack matches by default."""
+    dot = sum((u * t).sum() for u, t in zip(update, target, strict=True))
+    norms = sum(u.pow(2).sum() for u in update).sqrt() * sum(t.pow(2).sum() for t in target).sqrt()
+    return 1.0 - dot / norms.clamp_min(1e-12)
+
+
+def layer_cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
+    """Mean over parameters of 1 - cosine: no tensor's scale drowns the others' (ArcFace's head
+    gradient dwarfs the first layer's), at the price of weighting a bias like a weight."""
+    distances = [
+        1.0 - F.cosine_similarity(u.flatten(), t.flatten(), dim=0)
+        for u, t in zip(update, target, strict=True)
+    ]
+    return torch.stack(distances).mean()
+
+
+OBJECTIVES = {"global": cosine_distance, "per_layer": layer_cosine_distance}
+
+
 @dataclass(frozen=True)
 class InversionOptions:
     """The attack's budget and prior, and the client's local training it simulates."""
@@ -47,12 +69,18 @@ class InversionOptions:
     seed: int = 0
     local_steps: int = 1  # E: 1 is FedSGD
     local_lr: float = 0.1
+    objective: str = "global"  # a key of OBJECTIVES
+    bounds: tuple[float, float] | None = None  # the valid input range the batch is boxed to
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.restarts, self.local_steps) < 1:
             raise ValueError("iterations, restarts and local_steps must be >= 1")
         if self.lr <= 0 or self.local_lr <= 0 or self.tv < 0:
             raise ValueError(f"need lr > 0, local_lr > 0, tv >= 0; got {self}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {self}")
+        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"bounds: expected (low, high) with low < high, got {self.bounds}")
 
 
 class InversionResult(NamedTuple):
@@ -138,16 +166,6 @@ def total_variation(x: Tensor) -> Tensor:
     return dx + dy
 
 
-def cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
-    """Mean over parameters of 1 - cosine, not Geiping et al.'s one cosine of the concatenation:
-    so no tensor's scale drowns the others' (ArcFace's head gradient dwarfs the first layer's)."""
-    distances = [
-        1.0 - F.cosine_similarity(u.flatten(), t.flatten(), dim=0)
-        for u, t in zip(update, target, strict=True)
-    ]
-    return torch.stack(distances).mean()
-
-
 def _fit(
     net: nn.Module,
     params: Mapping[str, Tensor],
@@ -157,25 +175,36 @@ def _fit(
     coefs: Tensor | None,
     options: InversionOptions,
 ) -> InversionResult:
-    """One restart from x: Adam on signed gradients with breaching's step decay."""
+    """One restart from x: Adam on signed gradients with breaching's step decay, boxed to
+    `options.bounds`; returns the iterate of the lowest objective, not the last."""
+    if options.bounds is not None:
+        x = x.clamp(*options.bounds)
     logits = torch.zeros(labels.shape, device=x.device, requires_grad=coefs is None)
     free = [x.requires_grad_(), logits] if coefs is None else [x.requires_grad_()]
     optimizer = torch.optim.Adam(free, lr=options.lr)
     milestones = [int(options.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    trace = []
+    objective = OBJECTIVES[options.objective]
+    trace: list[float] = []
+    best = (float("inf"), x.detach().clone(), logits.detach().clone())
     for _ in range(options.iterations):
         weights = logits.softmax(dim=1) if coefs is None else coefs
         fitted = _client_update(net, params, x, labels, weights, options, create_graph=True)
-        loss = cosine_distance(fitted, target) + options.tv * total_variation(x)
+        loss = objective(fitted, target) + options.tv * total_variation(x)
+        trace.append(float(loss.detach()))
+        if trace[-1] < best[0]:
+            best = (trace[-1], x.detach().clone(), logits.detach().clone())
         for tensor, grad in zip(free, torch.autograd.grad(loss, free), strict=True):
             tensor.grad = grad
         x.grad.sign_()  # Geiping et al.'s signed gradients
         optimizer.step()
         scheduler.step()
-        trace.append(float(loss.detach()))
-    weights = logits.softmax(dim=1) if coefs is None else coefs
-    return InversionResult(x.detach(), labels, weights.detach(), trace[-1], trace)
+        if options.bounds is not None:
+            with torch.no_grad():
+                x.clamp_(*options.bounds)
+    loss, x_best, logits_best = best
+    weights = logits_best.softmax(dim=1) if coefs is None else coefs
+    return InversionResult(x_best, labels, weights.detach(), loss, trace)
 
 
 def invert_gradients(
