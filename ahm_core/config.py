@@ -260,7 +260,7 @@ class AttackConfig:
     gi_iterations: int = field(default=300, metadata=_positive())
     gi_restarts: int = field(default=2, metadata=_positive())
     gi_local_steps: int = field(default=1, metadata=_positive())  # 1: FedSGD; E > 1: FedAvg
-    gi_objective: str = "global"  # global | per_layer: one cosine of the updates, or a mean
+    gi_objective: str = "per_layer"  # per_layer | global: a mean of per-tensor cosines, or one
     demix_images: int = field(default=24, metadata={"min": 4})  # private images mixed
     demix_rounds: int = field(default=3, metadata=_positive())  # mixes each image appears in
     gmi_targets: int = field(default=4, metadata=_positive())  # identities model-inverted

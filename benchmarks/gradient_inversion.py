@@ -5,8 +5,9 @@ The case breaching's inverting-gradients attacker (`OptimizationBasedAttacker`, 
 small IR-SE with the MixUp-ArcFace head, 32 px synthetic faces, labels known, at the same
 iteration budget. Breaching is a research repository, not a package: its figures below are the
 published ones of that measurement, not re-run here. This attack is run four ways side by side,
-so what each of its choices buys shows: the objective (one global cosine, or the mean of
-per-tensor cosines) and the box to the valid range [-1, 1]; the best iterate is kept in all.
+so what each of its choices buys shows: the objective (the mean of per-tensor cosines, or one
+global cosine as breaching) and the box to the valid range [-1, 1]; the best iterate is kept in
+all.
 Deterministic on the CPU (seeded).
 
     .venv/bin/python benchmarks/gradient_inversion.py [--iterations 600] [--images 1,4]
@@ -32,19 +33,21 @@ from ahm_core.models import build_backbone, build_head
 
 BREACHING = {1: (0.733, 16.9), 4: (0.436, 11.6)}  # images -> (cosine, PSNR dB), 600 iterations
 VARIANTS = {  # name -> (objective, boxed)
-    "global, boxed (default)": ("global", True),
-    "global, unboxed": ("global", False),
-    "per-layer, boxed": ("per_layer", True),
+    "per-layer, boxed (default)": ("per_layer", True),
     "per-layer, unboxed (before)": ("per_layer", False),
+    "global, boxed": ("global", True),
+    "global, unboxed": ("global", False),
 }
 
 
 def network(images: int) -> TrainingLoss:
-    """The default small IR-SE and MixUp-ArcFace head at 32 px, seeded, dropout off; in train
-    mode as a client trains, but for one image in eval mode (BatchNorm1d cannot train on one)."""
+    """The default small IR-SE and MixUp-ArcFace head (over the default 100 identities) at 32 px,
+    seeded, dropout off; in train mode as a client trains, but for one image in eval mode
+    (BatchNorm1d cannot train on one)."""
     cfg = apply_overrides(AHMConfig(), {"data.image_size": 32})
     torch.manual_seed(0)
-    net = TrainingLoss(build_backbone(cfg.model, 3, 32), build_head(cfg.model, images))
+    head = build_head(cfg.model, cfg.data.num_identities)
+    net = TrainingLoss(build_backbone(cfg.model, 3, 32), head)
     net.train(images > 1)
     for module in net.modules():
         if isinstance(module, torch.nn.Dropout):

@@ -3,9 +3,11 @@
 "Inverting Gradients" with breaching's split into who shares what (`simulate_update`), the
 attack (`invert_gradients`) and the analysis (`match_and_score`). The attacker holds the model and
 the update and optimises a batch whose update has the smallest cosine distance to the observed
-one (one cosine over all parameters, as Geiping et al. and breaching; or the mean of per-tensor
-cosines), plus a total variation prior: Adam on signed gradients, step decay, the batch boxed to
-the valid input range after every step, random restarts, the best iterate of each kept.
+one (the mean of per-tensor cosines by default, or one cosine over all parameters as Geiping et
+al. and breaching: on an ArcFace head the head's gradient dwarfs the rest, and the global cosine
+recovers less, see benchmarks/gradient_inversion.py), plus a total variation prior: Adam on
+signed gradients, step decay, the batch boxed to the valid input range after every step, random
+restarts, the best iterate of each kept.
 
 The model is `TrainingLoss`, or any module with forward(x, labels, coefs) -> per-sample loss [B]
 (labels and coefs [B, k], as `MixUpArcFace` takes them). On masked data the attack recovers the
@@ -39,15 +41,16 @@ Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
 
 def cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
     """1 - the cosine between the two updates as single vectors (Geiping et al., breaching's
-    `cosine-similarity`): what the attack matches by default."""
+    `cosine-similarity`)."""
     dot = sum((u * t).sum() for u, t in zip(update, target, strict=True))
     norms = sum(u.pow(2).sum() for u in update).sqrt() * sum(t.pow(2).sum() for t in target).sqrt()
     return 1.0 - dot / norms.clamp_min(1e-12)
 
 
 def layer_cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
-    """Mean over parameters of 1 - cosine: no tensor's scale drowns the others' (ArcFace's head
-    gradient dwarfs the first layer's), at the price of weighting a bias like a weight."""
+    """Mean over parameters of 1 - cosine, the default: no tensor's scale drowns the others'
+    (ArcFace's head gradient dwarfs the first layer's), at the price of weighting a bias like a
+    weight."""
     distances = [
         1.0 - F.cosine_similarity(u.flatten(), t.flatten(), dim=0)
         for u, t in zip(update, target, strict=True)
@@ -69,7 +72,7 @@ class InversionOptions:
     seed: int = 0
     local_steps: int = 1  # E: 1 is FedSGD
     local_lr: float = 0.1
-    objective: str = "global"  # a key of OBJECTIVES
+    objective: str = "per_layer"  # a key of OBJECTIVES: per_layer is the stronger on ArcFace
     bounds: tuple[float, float] | None = None  # the valid input range the batch is boxed to
 
     def __post_init__(self) -> None:
