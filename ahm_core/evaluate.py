@@ -89,6 +89,9 @@ def verification_report(embeddings: Tensor, pairs: Pairs) -> dict:
     """Accuracy (mean, std over folds), thresholds and TAR@FAR=1e-3 from per-item embeddings."""
     dist = (embeddings[pairs.left] - embeddings[pairs.right]).pow(2).sum(dim=1)
     acc, thresholds = fold_accuracy(dist, pairs.same, pairs.fold)
+    # Each pair judged with its fold's threshold: the outcomes a paired test compares.
+    judged = thresholds[torch.searchsorted(pairs.fold.unique(), pairs.fold)]
+    correct = (dist < judged) == pairs.same
     return {
         "accuracy": float(acc.mean()),
         "accuracy_std": float(acc.std(unbiased=False)),
@@ -97,6 +100,7 @@ def verification_report(embeddings: Tensor, pairs: Pairs) -> dict:
         "tar_at_far_1e-3": tar_at_far(dist, pairs.same),
         "tar_at_far_1e-3_folds": tar_at_far_folds(dist, pairs.same, pairs.fold),
         "pairs": len(pairs),
+        "correct": "".join("1" if c else "0" for c in correct.tolist()),  # per pair, in order
     }
 
 

@@ -42,6 +42,8 @@ from ahm_core.metrics import (
     ssim,
     table_scores,
 )
+from ahm_core.metrics.privacy import FLOORS, INDICES
+from ahm_core.metrics.uncertainty import mcnemar
 from ahm_core.models import build_backbone
 from ahm_core.train import resolve_device
 
@@ -70,6 +72,15 @@ TABLE2 = [
     Row("DP", "dp", {}),
     Row("InstaHide-FD (k=2)", "instahide_fd", {"mixup.k": 2}),
 ]
+# The comparisons the paper's claims rest on, each tested over the same verification pairs.
+PAIRED = [
+    ("MixUp-FD (k=2)", "MixUp RGB (k=2)"),
+    ("InstaHide-FD (k=2)", "InstaHide RGB (k=2)"),
+    ("Masking+MixUp (k=2)", "Masking+MixUp (k=4)"),
+    ("Masking+MixUp (k=2)", "Masking+MixUp (k=6)"),
+    ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)"),
+    ("PPFR-FD", "ArcFace"),
+]
 TABLE1_RGB = [
     Row("MixUp RGB (k=2)", "mixup_rgb", {"mixup.k": 2}),
     Row("InstaHide RGB (k=2)", "instahide_rgb", {"mixup.k": 2}),
@@ -95,12 +106,16 @@ def run_tables(cfg: AHMConfig, out_dir: str | Path, log: Callable[[str], None] =
 def _row(cfg: AHMConfig, row: Row, out_dir: Path, done: dict[str, dict]) -> dict:
     cached = out_dir / "rows" / slug(row.name) / "row.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        result = json.loads(cached.read_text())
+        if "correct" in result:  # rows of an older version lack what the report now prints
+            return result
     row_cfg = apply_overrides(cfg, {"masking.method": row.method, **row.overrides})
     metrics = run_centralized(row_cfg, cached.parent / "train")
     result = {
         "method": row.method,
         "accuracy": metrics["verification_accuracy"],
+        "accuracy_ci95": metrics["verification"]["accuracy_ci95"],
+        "correct": metrics["verification"]["correct"],
         "k_proportions": metrics.get("k_proportions"),
     }
     if row.method != "arcface":
@@ -143,14 +158,16 @@ def privacy_metrics(
     lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
     attack = train_cgan(cfg, pipeline, aux_set, device)
     reconstructions = attack.reconstruct(victim_set.masked)
+    # Every index against what the masking saw (grey for the frequency-domain and DP rows).
+    seen, recovered = pipeline.seen(originals), pipeline.seen(reconstructions)
     # The floor an attack must beat: the attacker's mean face, whatever the masked input.
     mean_face = aux_set.targets.mean(dim=0, keepdim=True).expand_as(originals)
-    floor = attack_effect(originals, mean_face, lpips, feature)
+    floor = attack_effect(seen, pipeline.seen(mean_face), lpips, feature)
     keep = torch.isin(victim_set.labels, faces.labels[gallery])
     leakage = identity_leakage(
-        reconstructions[keep],
+        recovered[keep],
         victim_set.labels[keep],
-        images(gallery),
+        pipeline.seen(images(gallery)),
         faces.labels[gallery],
         feature,
     )
@@ -159,10 +176,10 @@ def privacy_metrics(
         originals[shown], renders[shown], reconstructions[shown], folder / "reconstructions.png"
     )
     return {
-        **masking_effect(originals, renders, lpips, feature),
-        **attack_effect(originals, reconstructions, lpips, feature),
-        "psnr": float(psnr(reconstructions, originals).mean()),
-        "ssim": float(ssim(reconstructions, originals).mean()),
+        **masking_effect(seen, renders, lpips, feature),
+        **attack_effect(seen, recovered, lpips, feature),
+        "psnr": float(psnr(recovered, seen).mean()),
+        "ssim": float(ssim(recovered, seen).mean()),
         "leakage_rank1": leakage["rank1"],
         "leakage_rank1_ci95": leakage["rank1_ci95"],
         "leakage_chance": leakage["chance"],
@@ -213,10 +230,7 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
     """report.md, table2.csv and privacy_accuracy.png from the row results."""
     masked = {n: r for n, r in results.items() if n in {row.name for row in TABLE2[1:]}}
     scores = table_scores(
-        {
-            n: {k: r[k] for k in ("accuracy", "m_lpips", "m_feat", "a_lpips", "a_feat")}
-            for n, r in masked.items()
-        }
+        {n: {k: r[k] for k in ("accuracy", *INDICES, *FLOORS.values())} for n, r in masked.items()}
     )
     label = next((r["lpips_label"] for r in masked.values()), "LPIPS")
     header = [
@@ -227,11 +241,11 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
         "Accuracy",
         f"M_{label}",
         "M_feat",
-        f"A_{label} (mean face)",
-        "A_feat (mean face)",
+        f"A_{label} (mean face; gain)",
+        "A_feat (mean face; gain)",
         "PSNR",
         "SSIM",
-        "Rank-1 leakage (chance)",
+        "Rank-1 leakage [95%] (chance)",
     ]
     lines = []
     for name, r in results.items():
@@ -244,14 +258,15 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
                 fmt(s.get("score")),
                 fmt(s.get("privacy_score")),
                 fmt(s.get("accuracy_score")),
-                fmt(r["accuracy"]),
+                f"{fmt(r['accuracy'])} {interval(r['accuracy_ci95'])}",
                 fmt(r.get("m_lpips")),
                 fmt(r.get("m_feat")),
                 attack_cell(r, "a_lpips"),
                 attack_cell(r, "a_feat"),
                 fmt(r.get("psnr"), 2),
                 fmt(r.get("ssim")),
-                f"{fmt(r.get('leakage_rank1'))} ({fmt(r.get('leakage_chance'))})"
+                f"{fmt(r['leakage_rank1'])} {interval(r['leakage_rank1_ci95'])} "
+                f"({fmt(r['leakage_chance'])})"
                 if "leakage_rank1" in r
                 else "-",
             ]
@@ -264,10 +279,13 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
     md = [
         f"# Paper tables on {cfg.data.source} faces ({cfg.data.image_size} px)",
         "",
-        f"Privacy indices use {label}; verification accuracy on held-out identities. Attack "
-        "indices compare the CGAN's reconstructions with the originals; in brackets, the same "
-        "for the attacker's mean face, an attack that learned nothing. Higher indices mean "
-        "more privacy.",
+        f"Privacy indices use {label}; verification accuracy on held-out identities, with its "
+        "95% interval over the 10 folds. Masking and attack indices compare with what the "
+        "masking saw (the grey original for the frequency-domain and DP rows). Attack indices "
+        "compare the CGAN's reconstructions with the originals; in brackets, the same for the "
+        "attacker's mean face, an attack that learned nothing, and the gain over it; the "
+        "privacy score counts an attack at most at that floor. Higher indices mean more "
+        "privacy. Rank-1 leakage carries its Wilson 95% interval over the victims tried.",
         "",
         "## Table 2: accuracy and privacy",
         "",
@@ -285,6 +303,16 @@ def write_report(results: dict[str, dict], out_dir: Path, cfg: AHMConfig) -> Pat
                     fmt(acc.get("InstaHide-FD (k=2)")),
                 ],
             ],
+        ),
+        "",
+        "## Paired tests: is a difference in accuracy beyond noise?",
+        "",
+        "McNemar's exact test over the same verification pairs, each judged with its fold's "
+        "threshold: the pairs only one of the two gets right decide.",
+        "",
+        md_table(
+            ["A", "B", "accuracy A", "accuracy B", "only A right", "only B right", "p", "verdict"],
+            [paired_row(a, b, results[a], results[b]) for a, b in PAIRED if {a, b} <= set(results)],
         ),
         "",
         "## Table 3: average proportion of each k (Masking+AdaMixUp)",
@@ -331,10 +359,33 @@ def _scatter(scores: dict[str, dict], path: Path) -> None:
 
 
 def attack_cell(row: dict, key: str) -> str:
-    """An attack index with the mean-face floor beside it."""
+    """An attack index with its mean-face floor and its gain over the floor (how much closer to
+    the originals than the mean face it got; <= 0: it learned nothing the score can credit)."""
     if key not in row:
         return "-"
-    return f"{fmt(row[key])} ({fmt(row['mean_face_' + key])})"
+    floor = row[FLOORS[key]]
+    return f"{fmt(row[key])} ({fmt(floor)}; {floor - row[key]:+.3f})"
+
+
+def paired_row(a: str, b: str, row_a: dict, row_b: dict) -> list[str]:
+    """One line of the paired tests: accuracies, discordant pairs, p and what it allows."""
+    test = mcnemar(row_a["correct"], row_b["correct"])
+    higher = a if row_a["accuracy"] > row_b["accuracy"] else b
+    verdict = f"{higher} higher" if test["p"] < 0.05 else "within noise"
+    return [
+        a,
+        b,
+        fmt(row_a["accuracy"]),
+        fmt(row_b["accuracy"]),
+        str(test["only_a"]),
+        str(test["only_b"]),
+        f"{test['p']:.3g}",
+        verdict,
+    ]
+
+
+def interval(bounds: list[float]) -> str:
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

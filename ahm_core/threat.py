@@ -275,13 +275,13 @@ def _gradient_inversion(
         cgan = train_cgan(cfg, pipeline, aux_set, ctx.device)
         chained, direct = cgan.reconstruct(matched), cgan.reconstruct(victim_set.masked)
     keep = torch.isin(victim_set.labels, ctx.data.faces.labels[ctx.gallery])
-    gallery = ctx.gallery_images
+    # Scored against what the masking saw (grey for the frequency-domain and DP defences).
+    gallery = pipeline.seen(ctx.gallery_images)
     gallery_labels = ctx.data.faces.labels[ctx.gallery]
 
     def leakage(reconstructions: Tensor) -> dict[str, Any]:
-        return identity_leakage(
-            reconstructions[keep], victim_set.labels[keep], gallery, gallery_labels, ctx.feature
-        )
+        seen = pipeline.seen(reconstructions[keep])
+        return identity_leakage(seen, victim_set.labels[keep], gallery, gallery_labels, ctx.feature)
 
     chain, perfect = leakage(chained), leakage(direct)
     save_grid(
@@ -296,7 +296,7 @@ def _gradient_inversion(
         "chain_rank1_ci95": chain["rank1_ci95"],
         "chance": chain["chance"],
         "perfect_inversion_rank1": perfect["rank1"],
-        **attack_effect(originals, chained, ctx.lpips, ctx.feature),
+        **attack_effect(pipeline.seen(originals), pipeline.seen(chained), ctx.lpips, ctx.feature),
         "grid": str(folder / "gradient_inversion.png"),
         "model": "initial" if captured is None else "captured global",
     }

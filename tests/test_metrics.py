@@ -16,6 +16,7 @@ from ahm_core.metrics import (
     identity_leakage,
     masking_effect,
     normalise,
+    privacy_index,
     psnr,
     ssim,
     table_scores,
@@ -241,8 +242,9 @@ def test_table2_score_is_the_mean_not_the_product():
 
 def test_table_scores_reproduce_table2():
     # The paper's privacy scores span [0.5, 1], so indices all equal to them normalise to them.
+    floors = {"mean_face_a_lpips": 2.0, "mean_face_a_feat": 2.0}  # above every index: no cap
     rows = {
-        name: {"accuracy": lfw, "m_lpips": p, "m_feat": p, "a_lpips": p, "a_feat": p}
+        name: {"accuracy": lfw, "m_lpips": p, "m_feat": p, "a_lpips": p, "a_feat": p, **floors}
         for name, (_, p, _, lfw) in TABLE2.items()
     }
     scores = table_scores(rows)
@@ -257,6 +259,7 @@ def test_table_scores_reproduce_table2():
 
 def test_table_scores_weights_and_missing_indices():
     indices = {"m_lpips": 0.0, "m_feat": 0.0, "a_lpips": 0.0, "a_feat": 0.0}
+    indices |= {"mean_face_a_lpips": 1.0, "mean_face_a_feat": 1.0}
     rows = {
         "visual": {"accuracy": 90.0, **indices, "m_lpips": 1.0, "m_feat": 1.0},  # index 0.4
         "attack": {"accuracy": 80.0, **indices, "a_lpips": 1.0, "a_feat": 1.0},  # index 0.6
@@ -275,6 +278,25 @@ def test_table_scores_weights_and_missing_indices():
     assert scores["partial"]["accuracy_score"] == 0.5
     with pytest.raises(ValueError, match="no accuracy"):
         table_scores({"x": {"m_lpips": 1.0}})
+
+
+def test_an_attack_worse_than_the_mean_face_earns_no_privacy():
+    floors = {"mean_face_a_lpips": 0.3, "mean_face_a_feat": 0.5}
+    base = {"accuracy": 0.9, "m_lpips": 0.2, "m_feat": 0.2, **floors}
+    at_floor = privacy_index({**base, "a_lpips": 0.3, "a_feat": 0.5})
+    failed = privacy_index({**base, "a_lpips": 0.9, "a_feat": 1.2})  # further than the mean face
+    learned = privacy_index({**base, "a_lpips": 0.1, "a_feat": 0.2})  # closer: counted as is
+    assert failed == at_floor == pytest.approx(0.4 * 0.2 + 0.6 * 0.4)
+    assert learned == pytest.approx(0.4 * 0.2 + 0.6 * 0.15)
+    scores = table_scores(
+        {
+            "failed attack": {**base, "a_lpips": 0.9, "a_feat": 1.2},
+            "floor": {**base, "a_lpips": 0.3, "a_feat": 0.5},
+            "no floor known": {**base, "a_lpips": 0.9, "a_feat": 1.2, "mean_face_a_feat": None},
+        }
+    )
+    assert scores["failed attack"]["privacy_score"] == scores["floor"]["privacy_score"]
+    assert "privacy_score" not in scores["no floor known"]
 
 
 def test_normalise_edge_cases():

@@ -95,3 +95,16 @@ def test_dp_fits_its_eigenfaces_on_images_of_every_identity():
     assert len(chosen) == DP_FIT_IMAGES and len(labels[chosen].unique()) == 300
     assert len(labels[train[:DP_FIT_IMAGES]].unique()) == 103  # what the first 2,048 span
     assert torch.equal(dp_fit_items(train[:100], seed=0), train[:100])  # fewer: all of them
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_indices_compare_with_what_the_masking_saw(method):
+    cfg = apply_overrides(AHMConfig(), {"masking.method": method, "data.image_size": 32})
+    fit = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pipeline = build_masking(cfg, fit_images=fit if METHODS[method].domain == "dp" else None)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = pipeline.seen(images)
+    if METHODS[method].domain == "rgb":
+        assert torch.equal(seen, images)  # the masking saw colour: compare with colour
+    else:
+        assert torch.equal(seen, to_gray(images).expand(-1, 3, -1, -1))  # it never saw colour

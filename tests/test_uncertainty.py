@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ahm_core.metrics.uncertainty import fold_interval, wilson_interval
+from ahm_core.metrics.uncertainty import fold_interval, mcnemar, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,15 @@ def test_fold_interval_is_students_t_over_the_folds():
 def test_wilson_needs_a_trial():
     with pytest.raises(ValueError, match="at least one trial"):
         wilson_interval(0, 0)
+
+
+def test_mcnemar_counts_discordant_pairs_and_tests_them_exactly():
+    a = "1" * 40 + "1" * 10 + "0" * 10  # both right on 40, only A on 10, both wrong on 10
+    b = "1" * 40 + "0" * 10 + "0" * 10
+    result = mcnemar(a, b)
+    assert (result["only_a"], result["only_b"]) == (10, 0)
+    assert result["p"] == pytest.approx(2 * 0.5**10)  # all 10 discordant pairs favour A
+    assert mcnemar("1100", "0011") == {"only_a": 2, "only_b": 2, "p": 1.0}
+    assert mcnemar("11", "11")["p"] == 1.0
+    with pytest.raises(ValueError, match="not the same pairs"):
+        mcnemar("1", "11")

@@ -100,6 +100,14 @@ class MaskingPipeline:
         mix = instahide if self.mixing == "instahide" else mixup
         return mix(x, labels, self.k if k is None else k, self.max_coef, generator)
 
+    def seen(self, images: Tensor) -> Tensor:
+        """What the first stage sees of images in [0, 1]: grey (repeated to 3 channels) for the
+        frequency-domain and DP methods, which never see colour; the images for RGB ones. Privacy
+        indices compare against this, so colour the masking never saw counts as no privacy."""
+        if self.domain == "rgb":
+            return images
+        return to_gray(images).repeat(1, 3, 1, 1)
+
     def render(self, x: Tensor) -> Tensor:
         """Training tensor -> viewable image in [0, 1] ([N, 3 or 1, H, W]) by naive decoding."""
         if self.domain in ("rgb", "dp"):

@@ -6,6 +6,8 @@ f(render(masked))) with f an FR model trained on original images; attack effect 
 the same on an attack's reconstructions. Scores over the methods of one table: accuracy score =
 norm(accuracy), privacy score = norm(0.4 * mean(M_lpips, M_feat) + 0.6 * mean(A_lpips, A_feat)),
 score = (privacy score + accuracy score) / 2, with norm(v) = 0.5 + 0.5 (v - min) / (max - min).
+Beyond the paper, each A index counts at most at its floor, the same index of the attacker's mean
+face: an attack that did worse than guessing the mean face earns the defence nothing.
 The paper's text says "product" for the last step, but its Table 2 holds the mean (tests check it).
 """
 
@@ -24,6 +26,7 @@ from ahm_core.metrics.uncertainty import wilson_interval
 
 FeatureModel = Callable[[Tensor], Tensor]  # images [N, 3, H, W] in [0, 1] -> embeddings [N, D]
 INDICES = ("m_lpips", "m_feat", "a_lpips", "a_feat")
+FLOORS = {"a_lpips": "mean_face_a_lpips", "a_feat": "mean_face_a_feat"}  # index -> its floor
 VISUAL_WEIGHT, ATTACK_WEIGHT = 0.4, 0.6  # eq. 9's weights in the paper's experiments
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # (K * data range)^2 with data range 1
@@ -171,16 +174,24 @@ def normalise(values: Mapping[str, float]) -> dict[str, float]:
     return {name: 0.5 + 0.5 * (v - lo) / (hi - lo) for name, v in values.items()}
 
 
+def floored(row: Mapping[str, float], key: str) -> float:
+    """An attack index counted at most at its floor (the attacker's mean face, an attack that
+    learned nothing): no defence gains privacy from an attack that did worse than that."""
+    return min(row[key], row[FLOORS[key]])
+
+
 def privacy_index(row: Mapping[str, float]) -> float:
-    """Eq. 9 before normalisation: 0.4 * mean(M_lpips, M_feat) + 0.6 * mean(A_lpips, A_feat)."""
+    """Eq. 9 before normalisation, floor-aware: 0.4 * mean(M_lpips, M_feat) + 0.6 *
+    mean(A_lpips, A_feat), each A index at most its mean-face floor."""
     masking = (row["m_lpips"] + row["m_feat"]) / 2
-    attack = (row["a_lpips"] + row["a_feat"]) / 2
+    attack = (floored(row, "a_lpips") + floored(row, "a_feat")) / 2
     return VISUAL_WEIGHT * masking + ATTACK_WEIGHT * attack
 
 
 def table_scores(rows: Mapping[str, Mapping]) -> dict[str, dict]:
     """Each method's row plus `accuracy_score`, and `privacy_score` and `score` when all four
-    indices are known (not None); the norms run over the methods of `rows` only.
+    indices and the attack's floors are known (not None); the norms run over the methods of
+    `rows` only.
 
     A method without indices (an unmasked baseline) gets no privacy or comprehensive score: the
     accuracy score alone would rank an unprotected model above every masked one. It still counts
@@ -194,7 +205,7 @@ def table_scores(rows: Mapping[str, Mapping]) -> dict[str, dict]:
         {
             name: privacy_index(row)
             for name, row in rows.items()
-            if all(row.get(key) is not None for key in INDICES)
+            if all(row.get(key) is not None for key in (*INDICES, *FLOORS.values()))
         }
     )
     out = {}

@@ -1,6 +1,7 @@
 """The uncertainty a figure carries: a 95% interval for a mean over folds (Student's t) and for a
 rate of successes (Wilson's score interval, which stays inside [0, 1] and is sound near 0 and 1,
-where re-identification rates live)."""
+where re-identification rates live), and McNemar's exact test of two methods judged on the same
+verification pairs: "A beats B" only when it says the difference is beyond noise."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials**2))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(a: str, b: str) -> dict[str, float | int]:
+    """McNemar's exact test of two per-pair outcome strings ("1" right, "0" wrong) over the
+    same pairs: the pairs only A gets right, only B gets right, and the two-sided p-value that
+    the two are equally often right."""
+    if len(a) != len(b):
+        raise ValueError(f"mcnemar: outcomes over {len(a)} and {len(b)} pairs, not the same pairs")
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b, strict=True))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b, strict=True))
+    discordant = only_a + only_b
+    p = float(stats.binomtest(only_a, discordant, 0.5).pvalue) if discordant else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p": p}
