@@ -51,6 +51,7 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
     benchmarks = load_benchmarks(cfg.data)
     trainer = Trainer(cfg, masking, num_classes, steps)
     history: list[dict] = []
+    metrics: dict | None = None
     start = time.perf_counter()
     if resume and checkpoint.exists():
         history = trainer.restore(checkpoint, ("history",))["history"]
@@ -70,8 +71,10 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
         )
         for name, report in epoch["benchmarks"].items():
             log.info("epoch %d: %s %s", epoch["epoch"], name, benchmark_line(report))
-        _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
-    return _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
+        metrics = _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
+    if metrics is None:  # a finished run resumed: metrics.json rebuilt from the checkpoint
+        metrics = _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
+    return metrics
 
 
 def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPipeline:

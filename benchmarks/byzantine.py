@@ -58,7 +58,7 @@ def demo_config(overrides: dict):
 
     schema.register()
     with initialize_config_dir(config_dir=str(ROOT / "simulations/conf"), version_base=None):
-        cfg, _ = schema.split_run_config(compose("federated"), "byzantine")
+        cfg, _ = schema.split_run_config(compose("federated"))
     return apply_overrides(cfg, overrides)
 
 

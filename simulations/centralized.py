@@ -22,7 +22,7 @@ register()
 
 @entry("centralized", "centralized")
 def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg, "centralized")
+    cfg, options = split_run_config(hcfg)
     logging.getLogger("ahm_core").setLevel(logging.INFO)
     metrics = run_centralized(cfg, HydraConfig.get().runtime.output_dir, options["resume"])
     keys = ("method", "verification_accuracy", "k_proportions", "checkpoint")

@@ -88,7 +88,7 @@ def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str
 
 @entry("federated", PROG)
 def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg, PROG)
+    cfg, options = split_run_config(hcfg)
     logging.getLogger("ahm_core").setLevel(logging.INFO)
     out = Path(HydraConfig.get().runtime.output_dir)
     summary = run_federation(cfg, options, out, PROG)

@@ -19,7 +19,7 @@ register()
 
 @entry("paper_tables", "paper_tables")
 def main(hcfg: DictConfig) -> None:
-    cfg, _ = split_run_config(hcfg, "paper_tables")
+    cfg, _ = split_run_config(hcfg)
     out = HydraConfig.get().runtime.output_dir
     run_tables(cfg, out, log=lambda line: print(line, flush=True))
     print(f"report: {out}/report.md")

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from ahm_core.config import AHMConfig, ConfigError, from_dict
+from ahm_core.config import AHMConfig, from_dict
 
 
 @dataclass
@@ -52,13 +52,10 @@ def register() -> None:
     store.store(name="ahm_threat_schema", node=ThreatRunConfig)
 
 
-def split_run_config(hcfg: DictConfig, prog: str) -> tuple[AHMConfig, dict[str, Any]]:
+def split_run_config(hcfg: DictConfig) -> tuple[AHMConfig, dict[str, Any]]:
     """The validated AHMConfig and the run options of a composed hydra config; a bad option
-    ends the program with one line naming it."""
+    raises ConfigError naming it (`simulations.cli.entry` ends the program with that line)."""
     values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
     sections = {f.name for f in fields(AHMConfig)}
     options = {key: values.pop(key) for key in list(values) if key not in sections}
-    try:
-        return from_dict(values), options
-    except ConfigError as err:
-        raise SystemExit(f"{prog}: {err}") from None
+    return from_dict(values), options

@@ -30,7 +30,7 @@ register()
 
 @entry("threat_model", PROG)
 def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg, PROG)
+    cfg, options = split_run_config(hcfg)
     logging.getLogger("ahm_core").setLevel(logging.INFO)
     run = Path(options["run"]) if options["run"] else None
     if run is None:

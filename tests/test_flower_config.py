@@ -28,7 +28,7 @@ def test_pyproject_runs_the_federated_profile_with_every_key():
     assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
     flat = flatten(app["config"])
     with initialize_config_dir(config_dir=str(ROOT / "simulations/conf"), version_base=None):
-        profile, _ = schema.split_run_config(compose("federated"), "test")
+        profile, _ = schema.split_run_config(compose("federated"))
     assert flat == {**APP_DEFAULTS, **to_flat(profile)}
     cfg, options = split_run_config(flat)
     assert cfg == profile and options == APP_DEFAULTS

@@ -15,7 +15,7 @@ register()
 
 def small_config(*overrides: str):
     with initialize(version_base=None, config_path="../simulations/conf"):
-        return split_run_config(compose("paper_tables", ["profile=small", *overrides]), "test")[0]
+        return split_run_config(compose("paper_tables", ["profile=small", *overrides]))[0]
 
 
 def check_report(results: dict, out) -> None:

@@ -17,7 +17,7 @@ register()
 def smoke_config(*overrides: str):
     with initialize(version_base=None, config_path="../simulations/conf"):
         hcfg = compose("centralized", ["profile=smoke", *overrides])
-    return split_run_config(hcfg, "test")[0]
+    return split_run_config(hcfg)[0]
 
 
 @pytest.mark.parametrize("method", ["arcface", "ppfr_fd"])
