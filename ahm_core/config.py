@@ -79,6 +79,7 @@ STRATEGIES = (
 DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates
 DP_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
 GI_OBJECTIVES = ("global", "per_layer")  # ahm_core.attacks.gradient_inversion.OBJECTIVES
+JUDGES = ("own", "dlib")  # ahm_core.evaluators
 SYNTH_SIZES = (32, 112)
 MAX_PIXELS = 25_000_000  # 5000 x 5000: above any face photo, far below a decompression bomb
 PIL_MAX_PIXELS = 178_956_970  # PIL refuses to open larger images at all (2 x MAX_IMAGE_PIXELS)
@@ -248,6 +249,11 @@ class AttackConfig:
 
     victims: int = field(default=256, metadata={"min": 2})  # victim images attacked
     aux_images: int = field(default=1024, metadata={"min": 2})  # the attacker's own pairs
+    # Re-identification: a gallery of at most this many other photos of every training identity,
+    # and the face recognisers that judge (own: the unmasked ArcFace reference; dlib: dlib's
+    # pretrained descriptor, about 0.1 s a face on one core).
+    gallery_per_identity: int = field(default=5, metadata=_positive())
+    judges: tuple[str, ...] = ("own", "dlib")
     cgan_epochs: int = field(default=5, metadata=_positive())
     cgan_batch_size: int = field(default=16, metadata=_positive())
     cgan_lambda_l1: float = field(default=100.0, metadata={"min": 0.0})
@@ -329,6 +335,10 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("attack.gi_objective", cfg.attack.gi_objective, GI_OBJECTIVES)
     for defence in cfg.attack.defences:
         _choice("attack.defences", defence, METHODS)
+    if "own" not in cfg.attack.judges:
+        raise ConfigError("attack.judges: must include own (the paper's scores use its features)")
+    for judge in cfg.attack.judges:
+        _choice("attack.judges", judge, JUDGES)
     if not DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(
             f"train.device: unknown device {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N, "
@@ -491,6 +501,7 @@ def from_flat(flat: dict[str, Any]) -> AHMConfig:
 
 # What a resumed run may change: how long it runs and how it shows progress, not what it computes.
 RESUMABLE = frozenset({"train.epochs", "federation.rounds", "train.progress", "train.workers"})
+UNTRAINED = ("attack.",)  # sections training never reads: the attacks of a finished run
 
 
 def _flatten(values: dict[str, Any]) -> dict[str, Any]:
@@ -505,13 +516,16 @@ def _flatten(values: dict[str, Any]) -> dict[str, Any]:
 def refuse_changed_config(
     checkpoint: str | os.PathLike, saved: dict[str, Any], cfg: AHMConfig
 ) -> None:
-    """Raise ConfigError naming each option (outside RESUMABLE) in which `cfg` differs from the
-    config a checkpoint was written with (`to_dict` shape): a resume must not mix two runs."""
+    """Raise ConfigError naming each option (outside RESUMABLE and the attack section, which
+    training never reads) in which `cfg` differs from the config a checkpoint was written with
+    (`to_dict` shape): a resume must not mix two runs."""
     before, now = _flatten(saved), _flatten(to_dict(cfg))
     changed = [
         f"{key} {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
         for key in sorted(set(before) | set(now))
-        if key not in RESUMABLE and before.get(key) != now.get(key)
+        if key not in RESUMABLE
+        and not key.startswith(UNTRAINED)
+        and before.get(key) != now.get(key)
     ]
     if changed:
         raise ConfigError(

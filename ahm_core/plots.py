@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid
@@ -19,7 +20,16 @@ LABEL_WIDTH = 150
 def save_grid(
     rows: Sequence[Tensor], path: str | os.PathLike, labels: Sequence[str] | None = None
 ) -> Path:
-    """Save rows of images ([n, 1 or 3, H, W] in [0, 1], equal n and size) as one labelled PNG."""
+    """Save rows of images ([n, 1 or 3, H, W] in [0, 1]) as one labelled PNG; rows of another size
+    than the first are resized to it, and a shorter row leaves its end blank."""
+    size, count = rows[0].shape[-2:], max(len(r) for r in rows)
+    rows = [
+        torch.cat([r, torch.ones(count - len(r), *r.shape[1:], dtype=r.dtype, device=r.device)])
+        for r in (
+            r if r.shape[-2:] == size else F.interpolate(r.float(), size=size, mode="bilinear")
+            for r in rows
+        )
+    ]
     strips = [
         make_grid(
             r.detach().float().cpu().expand(-1, 3, -1, -1), nrow=len(r), padding=2, pad_value=1.0

@@ -2,10 +2,10 @@
 
 Accuracy: the global model's verification accuracy on held-out identities after every round.
 Privacy: the paper's masking and attack effects of the run's method, measured as in the paper
-tables (`ahm_core.paper.privacy_metrics`): a black-box CGAN trained on auxiliary faces attacks
+tables (`ahm_core.paper.measure_privacy`): a black-box CGAN trained on auxiliary faces attacks
 victims' masked training tensors, mixed with the k proportions the clients' policies chose. The
-feature model those indices need is an unmasked ArcFace network trained centrally on the same
-data for as many epochs as a client trained (`evaluator/`).
+judges are an unmasked ArcFace network trained centrally on the same data for as many epochs as
+a client trained (`evaluator/`) and dlib's pretrained face descriptor.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ahm_core.config import METHODS, AHMConfig
-from ahm_core.io import atomic_write
-from ahm_core.paper import attack_cell, fmt, md_table, privacy_metrics, reference_arcface
+from ahm_core.config import AHMConfig
+from ahm_core.evaluators import DLIB, OWN, judges, reference_arcface
+from ahm_core.paper import measure_privacy
+from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
+from ahm_core.train import resolve_device
 
 EVALUATOR = "evaluator"  # the run folder's unmasked ArcFace feature model
 
@@ -46,28 +48,25 @@ def federated_report(
     log("privacy report: training the unmasked ArcFace feature model (evaluator/)")
     evaluator = reference_arcface(cfg, out_dir / EVALUATOR, client_epochs(cfg))
     log("privacy report: masking effect, CGAN attack and identity leakage")
+    judged = judges(Path(evaluator["checkpoint"]), cfg, resolve_device(cfg.train.device))
     proportions = k_proportions(summary)
-    adaptive = METHODS[cfg.masking.method].mixing == "adaptive"
-    privacy = privacy_metrics(
-        cfg, proportions if adaptive else None, Path(evaluator["checkpoint"]), out_dir
-    )
+    last = summary["rounds"][-1].get("verification", {})
     result = {
         "method": cfg.masking.method,
         "final_accuracy": summary["final_accuracy"],
+        "final_accuracy_ci95": last.get("accuracy_ci95"),
         "untrained_accuracy": summary["rounds"][0]["accuracy"],
         "evaluator_accuracy": evaluator["verification_accuracy"],
         "k_proportions": proportions,
-        "privacy": privacy,
+        "privacy": measure_privacy(cfg, proportions, judged, out_dir, log),
+        "absent_judges": judged.absent,
     }
-    text = json.dumps(result, indent=2)
-    atomic_write(out_dir / "report.json", lambda tmp: tmp.write_text(text))
-    return atomic_write(
-        out_dir / "report.md", lambda tmp: tmp.write_text(_markdown(cfg, summary, result))
-    )
+    return write_report(out_dir / "report.md", _markdown(cfg, summary, result), result)
 
 
-def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> str:
+def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
     p, label = result["privacy"], result["privacy"]["lpips_label"]
+    cgan, absent = p["attacks"]["cgan"], result["absent_judges"]
     rounds = [
         [
             str(r["round"]),
@@ -80,36 +79,54 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> str:
         for r in summary["rounds"]
     ]
     privacy = [
-        [f"M_{label}", fmt(p["m_lpips"])],
-        ["M_feat", fmt(p["m_feat"])],
-        [f"A_{label} (mean face)", attack_cell(p, "a_lpips")],
-        ["A_feat (mean face)", attack_cell(p, "a_feat")],
-        ["PSNR / SSIM of reconstructions", f"{fmt(p['psnr'], 2)} / {fmt(p['ssim'])}"],
+        [f"M_{label}", fmt(p["masking"]["m_lpips"]["value"]), "-"],
+        [f"A_{label} [95%] (mean face; gain)", index_cell(cgan["a_lpips"]), "-"],
         [
-            "Rank-1 identity leakage (chance)",
-            f"{fmt(p['leakage_rank1'])} ({fmt(p['leakage_chance'])})",
+            "PSNR / SSIM of reconstructions",
+            f"{fmt(cgan['psnr'], 2)} / {fmt(cgan.get('ssim'))}",
+            "-",
         ],
     ]
-    lines = [
+    for judge in (OWN, DLIB):
+        if judge in absent:
+            privacy.append([f"judge {judge}", f"absent: {absent[judge]}", "-"])
+            continue
+        scored = cgan["judges"][judge]
+        privacy += [
+            [f"M_feat ({judge})", fmt(p["masking"]["judges"][judge]["m_feat"]["value"]), "-"],
+            [f"A_feat ({judge}) [95%] (mean face; gain)", index_cell(scored["a_feat"]), "-"],
+            [
+                f"Rank-1 identity leakage ({judge}) [95%] (chance)",
+                rate_cell(scored["rank1"]),
+                rate_cell(p["ceilings"][judge]),
+            ],
+        ]
+    final = fmt(result["final_accuracy"])
+    if result["final_accuracy_ci95"]:
+        final += f" {interval(result['final_accuracy_ci95'])}"
+    lines: list[str | Table] = [
         f"# Federated run: {cfg.masking.method} on {cfg.data.source} faces "
         f"({cfg.data.image_size} px)",
         "",
-        f"Final verification accuracy {fmt(result['final_accuracy'])} (untrained "
+        f"Final verification accuracy {final} (untrained "
         f"{fmt(result['untrained_accuracy'])}; the unmasked ArcFace evaluator trained centrally: "
         f"{fmt(result['evaluator_accuracy'])}).",
         "",
         "## Rounds",
         "",
-        md_table(
+        Table(
             ["Round", "Accuracy", "Train loss", "Clients ok/sampled", "Rejected", "Seconds"], rounds
         ),
         "",
         "## Privacy",
         "",
-        "Masking (M) and attack (A) indices: higher means more privacy; in brackets the attacker's "
-        "mean face, an attack that learned nothing.",
+        "Masking (M) and attack (A) indices against what the masking saw, the attack's with a "
+        "bootstrap 95% interval over the victims: higher means more privacy; in brackets the "
+        "attacker's mean face (an attack that learned nothing) and the gain over it. Judges: "
+        "`own`, the unmasked ArcFace evaluator; `dlib`, dlib's pretrained face descriptor, which "
+        "neither side trained. The ceiling is the judge's rank-1 on the untouched victims.",
         "",
-        md_table(["Index", "Value"], privacy),
+        Table(["Index", "Value", "Ceiling"], privacy, csv="report.csv"),
         "",
     ]
     if result["k_proportions"]:
@@ -117,5 +134,5 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> str:
             f"k proportions chosen by the clients' policies: {json.dumps(result['k_proportions'])}",
             "",
         ]
-    lines += ["![original / masked render / CGAN reconstruction](reconstructions.png)", ""]
-    return "\n".join(lines)
+    lines += ["![original / masked render / CGAN reconstruction](cgan.png)", ""]
+    return lines

@@ -15,7 +15,10 @@ model), and the masking pipeline with its keys (white box). Per defence:
 - model inversion (`attacks.model_inversion`, the run's own defence): a GAN prior on auxiliary
   faces, latents optimised for identities of client 0 through its released head, judged by an
   independent classifier trained on client 0's faces.
-Identity leakage and feature indices use the run's unmasked ArcFace reference network.
+Every attack is an `Attack` of the registry (`ahm_core.attacks.ATTACKS`) run on the defence's
+`Case` and scored by `ahm_core.scoring` as the paper tables are: against what the masking saw,
+beside the mean face and chance, judged by the run's unmasked ArcFace reference network and by
+dlib's pretrained descriptor. An attack that does not apply to a defence says why.
 
 Runs trained otherwise enter the report as rows of their own (`compared`): the DP-FedAvg row is
 an unmasked ArcFace federation trained with DP-FedAvg (`dp_fedavg_config`), attacked the same way
@@ -31,39 +34,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ahm_core.attacks.cgan import attack_data
-from ahm_core.attacks.demix import demix, invert_ppfr, recovery_report, remove_plane
-from ahm_core.attacks.gradient_inversion import (
-    InversionOptions,
-    TrainingLoss,
-    invert_gradients,
-    match_and_score,
-    simulate_update,
-)
-from ahm_core.attacks.model_inversion import (
-    GMIOptions,
-    attack_report,
-    invert_identities,
-    train_evaluator,
-    train_prior,
-    white_box_logits,
-)
+from ahm_core.attacks import ATTACKS
+from ahm_core.cases import Case, Released, build_case
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
-from ahm_core.data.sources import relabel
-from ahm_core.experiment import masking_for_run
+from ahm_core.evaluators import DLIB, OWN, Judges, judges, reference_arcface
 from ahm_core.federated import FederatedData, client_data, federated_data, unpack_state
-from ahm_core.io import atomic_write, load_checkpoint
-from ahm_core.masking import MaskingPipeline
-from ahm_core.masking.mixup import mixup
-from ahm_core.masking.pipeline import to_gray
-from ahm_core.metrics import LPIPS, attack_effect, identity_leakage
-from ahm_core.models import build_backbone, build_head
-from ahm_core.paper import feature_model, fmt, md_table, reference_arcface, train_cgan
-from ahm_core.plots import save_grid
+from ahm_core.io import load_checkpoint
+from ahm_core.metrics import LPIPS
+from ahm_core.models import build_head
 from ahm_core.report import EVALUATOR, client_epochs, k_proportions
+from ahm_core.scoring import attack_case, ceilings
+from ahm_core.tables import Table, fmt, index_cell, rate_cell, write_report
 from ahm_core.train import resolve_device
 
 Log = Callable[[str], None]
@@ -117,43 +100,78 @@ def run_threat_model(
 ) -> Path:
     """Attack the finished run in `run_dir` (its attack budget from `attack_cfg.attack` when
     given), and each run of `compared` (row name -> run folder) as a row of its own; writes
-    threat_report.md and threat_report.json in `run_dir` and returns the report's path."""
+    threat_report.md, .json and .csv in `run_dir` and returns the report's path."""
     run_dir = Path(run_dir)
     cfg, saved, summary = _load_run(run_dir, attack_cfg)
     device = resolve_device(cfg.train.device)
     data = federated_data(cfg)
     log("threat model: the unmasked ArcFace reference network")
     reference = reference_arcface(cfg, run_dir / EVALUATOR, client_epochs(cfg))
-    feature = feature_model(Path(reference["checkpoint"]), cfg, device)
+    judged = judges(Path(reference["checkpoint"]), cfg, device)
     lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
-    context = _Context(cfg, data, run_dir, saved, summary, feature, lpips, device)
+    shared: dict[Any, Any] = {}  # what every case of the report can reuse
     rows = {}
     for defence in cfg.attack.defences:
         log(f"threat model: {defence}")
-        rows[defence] = _defence_row(context, defence, log)
-    if cfg.masking.method in rows:
-        rows[cfg.masking.method] |= _trained(summary)
+        own = defence == cfg.masking.method  # attacked at its run's captured and released model
+        defence_cfg = apply_overrides(cfg, {"masking.method": defence})
+        case = _case(
+            defence_cfg,
+            data,
+            run_dir,
+            saved if own else None,
+            summary,
+            run_dir / "threat" / defence,
+        )
+        case.shared = shared
+        rows[defence] = _row(case, judged, lpips, log)
+        if own:
+            rows[defence] |= _trained(summary)
     for name, other_dir in (compared or {}).items():
         log(f"threat model: {name} (the run in {other_dir})")
         other_cfg, other_saved, other_summary = _load_run(Path(other_dir), attack_cfg)
-        other = _Context(
-            other_cfg,
-            data,
-            Path(other_dir),
-            other_saved,
-            other_summary,
-            feature,
-            lpips,
-            device,
-            context.shared,
+        case = _case(
+            other_cfg, data, Path(other_dir), other_saved, other_summary, run_dir / "threat" / name
         )
-        rows[name] = _defence_row(other, other_cfg.masking.method, log, run_dir / "threat" / name)
+        case.shared = shared
+        rows[name] = _row(case, judged, lpips, log)
         rows[name] |= {"method": other_cfg.masking.method, **_trained(other_summary)}
-    result = {"run": str(run_dir), "method": cfg.masking.method, "defences": rows}
-    text = json.dumps(result, indent=2)
-    atomic_write(run_dir / "threat_report.json", lambda tmp: tmp.write_text(text))
-    markdown = _markdown(cfg, result)
-    return atomic_write(run_dir / "threat_report.md", lambda tmp: tmp.write_text(markdown))
+    result = {
+        "run": str(run_dir),
+        "method": cfg.masking.method,
+        "defences": rows,
+        "absent_judges": judged.absent,
+    }
+    return write_report(run_dir / "threat_report.md", _markdown(cfg, result), result)
+
+
+def _case(
+    cfg: AHMConfig,
+    data: FederatedData,
+    run_dir: Path,
+    saved: dict | None,
+    summary: dict,
+    folder: Path,
+) -> Case:
+    """The case of one defence. With its trained run (`saved`), the attacker holds the global
+    model a captured client started from and the released model; without, the seeded initial
+    model (as breaching attacks at initialisation) and no release."""
+    holdings: dict[str, Any] = {}
+    if saved is not None:
+        records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
+        capture = load_checkpoint(records[0]) if records else None
+        holdings["start"] = None if capture is None else _section(capture["global"], "backbone")
+        holdings["released"] = _released(cfg, data, run_dir, saved, capture)
+    return build_case(
+        cfg,
+        data.faces,
+        data.train,
+        data.pairs,
+        folder,
+        resolve_device(cfg.train.device),
+        k_proportions(summary),
+        **holdings,
+    )
 
 
 def _section(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -161,226 +179,37 @@ def _section(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(f"{prefix}.")}
 
 
-class _Context:
-    """What every attack of one report shares."""
-
-    def __init__(
-        self,
-        cfg: AHMConfig,
-        data: FederatedData,
-        run_dir: Path,
-        saved: dict,
-        summary: dict,
-        feature: Callable[[Tensor], Tensor],
-        lpips: LPIPS,
-        device: torch.device,
-        shared: dict | None = None,
-    ) -> None:
-        self.cfg, self.data, self.run_dir, self.saved = cfg, data, run_dir, saved
-        self.feature, self.lpips, self.device = feature, lpips, device
-        self.shared = {} if shared is None else shared  # what every run of a report can reuse
-        self.proportions = {int(k): v for k, v in (k_proportions(summary) or {}).items()}
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        train = data.train[torch.randperm(len(data.train), generator=g)]
-        need = max(cfg.attack.gi_batch, cfg.attack.demix_images)
-        self.victims, self.gallery = train[:need], train[need:]
-        held = torch.cat([data.pairs.left, data.pairs.right]).unique()
-        aux = held[torch.randperm(len(held), generator=g)][: cfg.attack.aux_images]
-        # Loaded once: every defence's attacks use the same auxiliary and gallery faces.
-        self.aux_images, self.gallery_images = self.images(aux), self.images(self.gallery)
-        records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
-        self.capture = load_checkpoint(records[0]) if records else None
-
-    def images(self, items: Tensor) -> Tensor:
-        return self.data.faces.images_uint8(items).float() / 255.0
-
-    def captured_global(self) -> dict[str, Tensor] | None:
-        """The global model of the first captured update (what the server saw a client start
-        from), else None."""
-        return None if self.capture is None else self.capture["global"]
-
-
-def _defence_row(ctx: _Context, defence: str, log: Log, folder: Path | None = None) -> dict:
-    cfg = apply_overrides(ctx.cfg, {"masking.method": defence})
-    pipeline = masking_for_run(cfg, ctx.data.faces, ctx.data.train)
-    folder = folder or ctx.run_dir / "threat" / defence
-    row = {"gradient_inversion": _gradient_inversion(ctx, cfg, pipeline, folder)}
-    if pipeline.mixing is not None:
-        log(f"threat model: {defence}: demixing")
-        row["demix"] = _demix(ctx, cfg, pipeline)
-    if defence == ctx.cfg.masking.method:
-        log(f"threat model: {defence}: model inversion of the released model")
-        row["model_inversion"] = _model_inversion(ctx, cfg, pipeline)
-    return row
-
-
-def _network(
-    cfg: AHMConfig, pipeline: MaskingPipeline, classes: int, state: dict[str, Tensor] | None
-) -> nn.Module:
-    """Backbone (from the shared `state` when given, else seeded) and a seeded head, in train
-    mode as the client trains, dropout off (its draws cannot be replayed)."""
-    torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model, pipeline.in_channels, cfg.data.image_size)
-    if state is not None:
-        backbone.load_state_dict(_section(state, "backbone"))
-    net = TrainingLoss(backbone, build_head(cfg.model, classes)).train()
-    for module in net.modules():
-        if isinstance(module, nn.Dropout):
-            module.eval()
-    return net
-
-
-def _gradient_inversion(
-    ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline, folder: Path
-) -> dict:
-    """Invert a client's update on masked, mixed faces, then turn the result into faces."""
-    a = cfg.attack
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    items = ctx.victims[: a.gi_batch]
-    faces = ctx.images(items)
-    labels, classes = relabel(ctx.data.faces.labels[items])
-    adaptive = pipeline.mixing == "adaptive"
-    proportions = None
-    if adaptive:  # the policy's measured shares, over the k a batch of gi_batch can mix
-        shares = ctx.proportions or dict.fromkeys(cfg.policy.k_set, 1.0)
-        proportions = {k: v for k, v in shares.items() if k <= a.gi_batch} or {2: 1.0}
-    aux_set, victim_set = attack_data(
-        pipeline, ctx.aux_images, faces, ctx.data.faces.labels[items], proportions, g
-    )
-    masked = victim_set.masked.to(ctx.device)
-    # The client's batch: the same mix, with the labels and coefficients its loss used.
-    mixed_labels, coefs = labels[victim_set.index], victim_set.coefs
-    # The run's own defence is attacked at the global model a captured client started from.
-    own = cfg.masking.method == ctx.cfg.masking.method
-    captured = ctx.captured_global() if own else None
-    net = _network(cfg, pipeline, classes, captured).to(ctx.device)
-    options = InversionOptions(
-        iterations=a.gi_iterations,
-        restarts=a.gi_restarts,
-        local_steps=a.gi_local_steps,
-        local_lr=cfg.train.lr,
-        seed=cfg.train.seed,
-        objective=a.gi_objective,
-        # The valid range of what the client trains on, as the attacker's own masked faces span it
-        bounds=(float(aux_set.masked.min()), float(aux_set.masked.max())),
-    )
-    update = simulate_update(net, masked, mixed_labels, coefs, options)
-    recovered = invert_gradients(net, update, tuple(masked.shape), mixed_labels, coefs, options)
-    score = match_and_score(recovered.x, masked)
-    matched = recovered.x[score["order"]].detach().cpu()
-    originals = victim_set.targets
-    if pipeline.domain == "rgb" and pipeline.mixing is None:  # the input is the face: render it
-        chained, direct = pipeline.render(matched), originals
-    else:
-        cgan = train_cgan(cfg, pipeline, aux_set, ctx.device)
-        chained, direct = cgan.reconstruct(matched), cgan.reconstruct(victim_set.masked)
-    keep = torch.isin(victim_set.labels, ctx.data.faces.labels[ctx.gallery])
-    # Scored against what the masking saw (grey for the frequency-domain and DP defences).
-    gallery = pipeline.seen(ctx.gallery_images)
-    gallery_labels = ctx.data.faces.labels[ctx.gallery]
-
-    def leakage(reconstructions: Tensor) -> dict[str, Any]:
-        seen = pipeline.seen(reconstructions[keep])
-        return identity_leakage(seen, victim_set.labels[keep], gallery, gallery_labels, ctx.feature)
-
-    chain, perfect = leakage(chained), leakage(direct)
-    save_grid(
-        [originals, pipeline.render(victim_set.masked), pipeline.render(matched), chained],
-        folder / "gradient_inversion.png",
-        ["original", "masked input", "recovered input", "recovered face"],
-    )
+def _row(case: Case, judged: Judges, lpips: LPIPS, log: Log) -> dict[str, Any]:
+    """Every registered attack on one case, scored, with each judge's ceiling on the case."""
     return {
-        "cosine": float(score["cosine"].mean()),
-        "psnr": float(score["psnr"].mean()),
-        "chain_rank1": chain["rank1"],
-        "chain_rank1_ci95": chain["rank1_ci95"],
-        "chance": chain["chance"],
-        "perfect_inversion_rank1": perfect["rank1"],
-        **attack_effect(pipeline.seen(originals), pipeline.seen(chained), ctx.lpips, ctx.feature),
-        "grid": str(folder / "gradient_inversion.png"),
-        "model": "initial" if captured is None else "captured global",
+        "ceilings": ceilings(case, judged),
+        "attacks": attack_case(case, list(ATTACKS), judged, lpips, log),
     }
 
 
-def _demix(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline) -> dict:
-    """Mix private images into 2-mixes, demix them, invert PPFR-FD with the keys."""
-    a = cfg.attack
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    faces = ctx.images(ctx.victims[: a.demix_images])
-    encoded = pipeline.encode(faces, g)
-    ids = torch.arange(len(encoded))
-    mixes = [mixup(encoded, ids, 2, cfg.mixup.max_coef, g).x for _ in range(a.demix_rounds)]
-    result = demix(torch.cat(mixes), 2)
-    recovered = result.components.reshape(-1, *encoded.shape[1:])
-    components = recovery_report(recovered, encoded)
-    row = {
-        "images": a.demix_images,
-        "components_recovered": components["recovered"],
-        "mean_similarity": components["mean_similarity"],
-    }
-    if pipeline.ppfr is not None and pipeline.ppfr.key_mode == "fixed":
-        keys = pipeline.ppfr.keys(len(recovered))
-        inverted = invert_ppfr(recovered, pipeline.ppfr, keys)
-        truth = remove_plane(to_gray(faces))
-        row["faces_recovered"] = recovery_report(inverted, truth)["recovered"]
-    return row
-
-
-def _model_inversion(ctx: _Context, cfg: AHMConfig, pipeline: MaskingPipeline) -> dict:
-    """GMI against the released model: the global backbone with client 0's head."""
-    released = _client_head(ctx, cfg)
-    if released is None:
-        return {"skipped": "no head of client 0 (client state on disk, or a shared head) found"}
-    head, client = released
-    a = cfg.attack
-    torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model, pipeline.in_channels, cfg.data.image_size)
-    backbone.load_state_dict(_section(ctx.saved["state"], "backbone"))
-    options = GMIOptions(
-        image_size=cfg.data.image_size,
-        gan_epochs=a.gmi_gan_epochs,
-        iterations=a.gmi_iterations,
-        restarts=a.gmi_restarts,
-        ngf=a.ngf,
-        ndf=a.ndf,
-        seed=cfg.train.seed,
-    )
-    # The prior (auxiliary faces) and the judge (client 0's faces) depend on no trained model:
-    # every run of one report shares them.
-    key = (options, tuple(client.items.tolist()))
-    if key not in ctx.shared:
-        private = ctx.images(client.items).to(ctx.device)
-        ctx.shared[key] = (
-            train_prior(ctx.aux_images.to(ctx.device), options),
-            train_evaluator(private, client.labels.to(ctx.device), options),
-            private,
-        )
-    prior, evaluator, private = ctx.shared[key]
-    logits = white_box_logits(backbone.to(ctx.device), head.to(ctx.device), pipeline)
-    targets = torch.arange(min(a.gmi_targets, client.num_classes))
-    faces, labels = invert_identities(prior, logits, targets, options)
-    return attack_report(faces, labels, evaluator, private, client.labels)
-
-
-def _client_head(ctx: _Context, cfg: AHMConfig) -> tuple[nn.Module, Any] | None:
-    """Client 0's ArcFace head and data, from its state on disk (or the shared global head)."""
-    partitions = int(ctx.capture["metrics"].get("num-partitions", 0)) if ctx.capture else 0
+def _released(
+    cfg: AHMConfig, data: FederatedData, run_dir: Path, saved: dict, capture: dict | None
+) -> Released | None:
+    """The released global backbone with client 0's ArcFace head and data: the shared global
+    head, else client 0's last state on disk; None when neither is found."""
+    partitions = int(capture["metrics"].get("num-partitions", 0)) if capture else 0
     if not partitions:
         return None
-    client = client_data(cfg, ctx.data, 0, partitions)
+    client = client_data(cfg, data, 0, partitions)
     head = build_head(cfg.model, client.num_classes)
-    shared = _section(ctx.saved["state"], "head")
+    shared = _section(saved["state"], "head")
     if shared:
         head.load_state_dict(shared)
-        return head, client
-    states = sorted(
-        (ctx.run_dir / "client_state" / "partition_0").glob("round_*.pt"),
-        key=lambda p: int(re.findall(r"\d+", p.name)[0]),
-    )
-    if not states:
-        return None
-    head.load_state_dict(unpack_state(states[-1].read_bytes())["head"])
-    return head, client
+    else:
+        states = sorted(
+            (run_dir / "client_state" / "partition_0").glob("round_*.pt"),
+            key=lambda p: int(re.findall(r"\d+", p.name)[0]),
+        )
+        if not states:
+            return None
+        head.load_state_dict(unpack_state(states[-1].read_bytes())["head"])
+    backbone = _section(saved["state"], "backbone")
+    return Released(backbone, head, client.items, client.labels)
 
 
 def _compared_notes(rows: dict) -> list[str]:
@@ -399,67 +228,93 @@ def _compared_notes(rows: dict) -> list[str]:
     return ["", *notes] if notes else []
 
 
-def _markdown(cfg: AHMConfig, result: dict) -> str:
-    rows, gi_rows, grids = result["defences"], [], []
-    for defence, row in rows.items():
-        gi = row["gradient_inversion"]
-        d = row.get("demix", {})
-        mi = row.get("model_inversion", {})
-        gi_rows.append(
+def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
+    rows, absent = result["defences"], result["absent_judges"]
+    seen = [OWN, *(j for j in (DLIB,) if j not in absent)]
+    defences = Table(
+        ["Defence", "Accuracy ± std", "DP epsilon", *[f"Rank-1 ceiling ({j})" for j in seen]],
+        [
             [
-                defence,
-                fmt(gi["cosine"]),
-                fmt(gi["psnr"], 1),
-                f"{fmt(gi['chain_rank1'])} ({fmt(gi['perfect_inversion_rank1'])})",
-                fmt(gi["chance"]),
-                fmt(gi["a_feat"]),
-                f"{d['components_recovered']}/{d['images']}" if d else "-",
-                f"{d['faces_recovered']}/{d['images']}" if "faces_recovered" in d else "-",
-                f"{fmt(mi['top1'])} / {fmt(mi['top5'])}" if "top1" in mi else "-",
+                name,
                 f"{fmt(row['accuracy'])} ± {fmt(row['accuracy_std'])}"
                 if "accuracy" in row
                 else "-",
                 fmt(row["dp"]["epsilon"], 2) if "dp" in row else "-",
+                *[rate_cell(row["ceilings"][j]) for j in seen],
             ]
-        )
-        grids.append(
-            f"### {defence}\n\n![{defence}]({Path(gi['grid']).relative_to(result['run'])})\n"
-        )
-    header = [
-        "Defence",
-        "GI cosine",
-        "GI PSNR",
-        "Chain rank-1 (perfect inversion)",
-        "Chance",
-        "Chain A_feat",
-        "Demixed components",
-        "Demixed faces",
-        "GMI top-1 / top-5",
-        "Accuracy ± std",
-        "DP epsilon",
-    ]
-    return "\n".join(
-        [
-            f"# Threat report: run of {cfg.masking.method} on {cfg.data.source} faces",
-            "",
-            "Gradient inversion (GI) of a client's update on "
-            f"{cfg.attack.gi_batch} masked, mixed images ({cfg.attack.gi_local_steps} local "
-            "step(s)); cosine and PSNR against the true masked inputs after matching. The chain "
-            "maps the recovered inputs to faces with the defence's CGAN; rank-1 is the share of "
-            "victims it re-identifies (in brackets, the CGAN on the true masked inputs: a perfect "
-            "inversion). Demixing: private images recovered above 0.9 correlation from "
-            f"{cfg.attack.demix_rounds} 2-mixes each, in the masked domain and, with the keys, as "
-            "faces. GMI: model inversion of the released model (the run's defence only), "
-            "accuracy by an independent classifier. Larger A_feat and lower rank-1 mean more "
-            "privacy. Accuracy: final verification accuracy of a trained run, with its 10-fold "
-            "std (the run's own defence and the compared runs; the others are attacked at the "
-            "initial model and have none).",
-            *_compared_notes(rows),
-            "",
-            md_table(header, gi_rows),
-            "",
-            "## Gradient inversion (original / masked input / recovered input / recovered face)",
-            "",
-            *grids,
-        ]
+            for name, row in rows.items()
+        ],
     )
+    lines, grids = [], []
+    for name, row in rows.items():
+        for attack, scored in row["attacks"].items():
+            if "skipped" in scored:
+                lines.append(
+                    [name, attack, f"not run: {scored['skipped']}", *["-"] * (2 + 2 * len(seen))]
+                )
+                continue
+            judged = scored["judges"]
+            lines.append(
+                [
+                    name,
+                    attack,
+                    scored["summary"] or "-",
+                    index_cell(scored.get("a_lpips")),
+                    fmt(scored.get("psnr"), 1),
+                    *[index_cell(judged[j].get("a_feat")) for j in seen],
+                    *[rate_cell(judged[j].get("rank1")) for j in seen],
+                ]
+            )
+            grids.append(
+                f"### {name}: {attack}\n\n![{name} {attack}]"
+                f"({Path(scored['grid']).relative_to(result['run'])})\n"
+            )
+    attacks = Table(
+        [
+            "Defence",
+            "Attack",
+            "Its own figures",
+            "A_LPIPS [95%] (mean face; gain)",
+            "PSNR",
+            *[f"A_feat {j} [95%] (mean face; gain)" for j in seen],
+            *[f"Rank-1 {j} [95%] (chance)" for j in seen],
+        ],
+        lines,
+        csv="threat_report.csv",
+    )
+    a = cfg.attack
+    return [
+        f"# Threat report: run of {cfg.masking.method} on {cfg.data.source} faces",
+        "",
+        "Each attack of the registry against each defence, on the same victims, scored alike: "
+        "indices against what the masking saw, with a bootstrap 95% interval over the victims "
+        "and, in brackets, the attacker's mean face (an attack that learned nothing) and the "
+        "gain over it; rank-1 re-identification against a gallery of other photos of the "
+        "victims, with Wilson's interval and chance. Larger indices and lower rank-1 mean more "
+        "privacy. Judges: `own`, the run's unmasked ArcFace reference network; `dlib`, dlib's "
+        "pretrained ResNet face descriptor; a judge's ceiling is its rank-1 on the untouched "
+        "victims.",
+        *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
+        "",
+        "Attacks: `cgan`, the paper's black-box CGAN on the masked training tensors "
+        f"({a.victims} victims); `gradient_inversion`, a client's update on {a.gi_batch} masked, "
+        f"mixed images ({a.gi_local_steps} local step(s)), inverted and chained to faces by the "
+        "defence's CGAN (its own figures: cosine and PSNR of the recovered inputs after "
+        f"matching); `demix`, {a.demix_images} private images each in {a.demix_rounds} 2-mixes, "
+        "demixed and, with PPFR-FD's fixed key, inverted to faces; `model_inversion`, GMI "
+        "against the released model of a trained run, with GMI's own classifier's top-1 / top-5. "
+        "Accuracy: the final verification accuracy of a trained run, with its 10-fold std.",
+        *_compared_notes(rows),
+        "",
+        "## Defences",
+        "",
+        defences,
+        "",
+        "## Attacks",
+        "",
+        attacks,
+        "",
+        "## Pictures",
+        "",
+        *grids,
+    ]

@@ -105,6 +105,9 @@ BAD = [
         "exceeds",
     ),
     ({"data.source": "folder"}, "data.root", "required"),
+    ({"attack.judges": ("dlib",)}, "attack.judges", "must include own"),
+    ({"attack.judges": ("own", "facenet")}, "attack.judges", "expected one of own, dlib"),
+    ({"attack.gallery_per_identity": 0}, "attack.gallery_per_identity", ">= 1"),
 ]
 
 
@@ -223,6 +226,10 @@ def test_a_resume_names_every_option_that_changed():
     assert "masking.key_seed 0 -> 7, train.lr 0.1 -> 0.5)" in str(err.value)
     longer = apply_overrides(AHMConfig(), {"train.epochs": 9, "train.progress": False})
     refuse_changed_config("run/checkpoint.pt", saved, longer)  # how long and how shown: allowed
+    attacked = apply_overrides(AHMConfig(), {"attack.victims": 8, "attack.judges": ("own",)})
+    refuse_changed_config("run/checkpoint.pt", saved, attacked)  # training never reads attack.*
+    del saved["attack"]["judges"]  # nor an attack option a newer schema added
+    refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())
     del saved["data"]["max_pixels"]  # a checkpoint of an older schema
     with pytest.raises(ConfigError, match=r"data\.max_pixels '\(absent\)' -> 25000000"):
         refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())

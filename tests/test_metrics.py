@@ -12,9 +12,8 @@ from ahm_core.metrics import (
     LPIPS,
     accuracy_ratio,
     alexnet_checkpoint,
-    attack_effect,
+    feature_distance,
     identity_leakage,
-    masking_effect,
     normalise,
     privacy_index,
     psnr,
@@ -179,22 +178,19 @@ def test_ssim_hand_cases():
         ssim(flat[..., :10], flat[..., :10])
 
 
-def test_masking_and_attack_effect(uncalibrated, faces):
+def test_feature_distance(faces):
     model = toy_model(0)
-    same = masking_effect(faces, faces.clone(), uncalibrated, model)
-    assert same["m_lpips"] == pytest.approx(0.0, abs=1e-6)
-    assert same["m_feat"] == pytest.approx(0.0, abs=1e-6)
-    assert same["lpips_calibrated"] is False
+    same = feature_distance(faces, faces.clone(), model)
+    assert same.shape == (len(faces),) and same.abs().max() < 1e-6
     gen = torch.Generator().manual_seed(0)
     slight = (faces + 0.03 * torch.randn(faces.shape, generator=gen)).clamp(0, 1)
-    near = masking_effect(faces, slight, uncalibrated, model)
-    far = masking_effect(faces, noise_like(faces, 1), uncalibrated, model)
-    assert 0 < near["m_lpips"] < far["m_lpips"]
-    assert 0 < near["m_feat"] < far["m_feat"]
-    gray = masking_effect(faces, to_gray(faces), uncalibrated, model)  # gray renders as RGB
-    assert 0 < gray["m_lpips"] < far["m_lpips"]
-    attack = attack_effect(faces, noise_like(faces, 1), uncalibrated, model)
-    assert attack == {"a_lpips": far["m_lpips"], "a_feat": far["m_feat"], "lpips_calibrated": False}
+    near = feature_distance(faces, slight, model).mean()
+    far = feature_distance(faces, noise_like(faces, 1), model).mean()
+    assert 0 < near < far <= 2
+    gray = feature_distance(faces, to_gray(faces), model)  # gray embeds as RGB
+    assert 0 < gray.mean() < far
+    with pytest.raises(ValueError, match="no images"):
+        feature_distance(faces[:0], faces[:0], model)
 
 
 def test_identity_leakage():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ahm_core.metrics.uncertainty import fold_interval, mcnemar, wilson_interval
+from ahm_core.metrics.uncertainty import bootstrap_interval, fold_interval, mcnemar, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,15 @@ def test_mcnemar_counts_discordant_pairs_and_tests_them_exactly():
     assert mcnemar("11", "11")["p"] == 1.0
     with pytest.raises(ValueError, match="not the same pairs"):
         mcnemar("1", "11")
+
+
+def test_bootstrap_interval_of_a_mean():
+    values = torch.randn(400, generator=torch.Generator().manual_seed(0)) + 3.0
+    lo, hi = bootstrap_interval(values, seed=1)
+    mean, se = float(values.mean()), float(values.std()) / math.sqrt(len(values))
+    assert lo < mean < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)  # the normal interval, n = 400
+    assert bootstrap_interval(values, seed=1) == (lo, hi)  # seeded: a rerun prints the same
+    assert bootstrap_interval(torch.full((5,), 0.25)) == pytest.approx((0.25, 0.25))
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_interval(torch.zeros(0))

@@ -1,6 +1,9 @@
 """Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction, gradient
-inversion of shared updates, white-box demixing with PPFR-FD inversion, GMI model inversion."""
+inversion of shared updates, white-box demixing with PPFR-FD inversion, GMI model inversion.
+Each module registers its `Attack` in `ATTACKS` (in the order imported here, the reports' order);
+a new attack is one module with a registered subclass, imported below."""
 
+from ahm_core.attacks.base import ATTACKS, Attack, Reconstructions, register
 from ahm_core.attacks.cgan import (
     AttackSet,
     CGANAttack,
@@ -50,6 +53,8 @@ from ahm_core.attacks.model_inversion import (
 )
 
 __all__ = [
+    "ATTACKS",
+    "Attack",
     "AttackSet",
     "CGANAttack",
     "CGANOptions",
@@ -63,6 +68,7 @@ __all__ = [
     "InversionOptions",
     "InversionResult",
     "PatchDiscriminator",
+    "Reconstructions",
     "TrainingLoss",
     "UnetGenerator",
     "attack_data",
@@ -80,6 +86,7 @@ __all__ = [
     "recover_components",
     "recover_labels",
     "recovery_report",
+    "register",
     "remove_plane",
     "sample_ks",
     "save_reconstruction_grid",

@@ -21,18 +21,22 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ahm_core.attacks.base import Attack, Reconstructions, register
 from ahm_core.config import AttackConfig
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.plots import save_grid
 from ahm_core.train import resolve_device
+
+if TYPE_CHECKING:
+    from ahm_core.cases import Case
 
 NORMS = ("batch", "instance")
 GAN_MODES = ("vanilla", "lsgan")
@@ -552,9 +556,52 @@ def save_reconstruction_grid(
     rows = [originals, masked_renders, reconstructions]
     if len({len(r) for r in rows}) != 1:
         raise ValueError(f"grid rows: expected equal counts, got {[len(r) for r in rows]}")
-    size = originals.shape[-2:]
-    rows = [
-        r if r.shape[-2:] == size else F.interpolate(r.float(), size=size, mode="bilinear")
-        for r in rows
-    ]
     return save_grid(rows, path, labels)
+
+
+SHOWN = 8  # faces in an attack's picture
+
+
+def cgan_for(case: Case) -> CGANAttack:
+    """The case's black-box CGAN, trained once on the attacker's auxiliary pairs (masked and
+    mixed as the defence trains) and shared by the attacks of the case that chain to faces."""
+    if "cgan" not in case.cache:
+        cfg = case.cfg
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        aux = mask_for_attack(case.pipeline, case.aux_images, None, case.proportions, g)
+        attack = CGANAttack(
+            case.pipeline.in_channels,
+            cfg.data.image_size,
+            options=CGANOptions.from_config(cfg.attack, cfg.train.seed),
+            device=case.device,
+        )
+        attack.fit(aux.masked, aux.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
+        case.cache["cgan"] = attack
+    return case.cache["cgan"]
+
+
+@register
+class BlackBoxCGAN(Attack):
+    """The paper's attack (section 3): a pix2pix CGAN maps masked training tensors to faces."""
+
+    name = "cgan"
+    holds = "the victims' masked training tensors; (face, masked) pairs of other people"
+
+    def run(self, case: Case) -> Reconstructions:
+        g = torch.Generator().manual_seed(case.cfg.train.seed)
+        items = case.victims(case.cfg.attack.victims)
+        victims = mask_for_attack(
+            case.pipeline, case.images(items), case.labels(items), case.proportions, g
+        )
+        faces = cgan_for(case).reconstruct(victims.masked)
+        shown = slice(0, SHOWN)
+        return Reconstructions(
+            faces,
+            victims.labels,
+            victims.targets,
+            panels={
+                "original": victims.targets[shown],
+                "masked": case.pipeline.render(victims.masked[shown]),
+                "reconstruction": faces[shown],
+            },
+        )

@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ahm_core.attacks.base import Attack, Reconstructions, register
 from ahm_core.freq import check_images, check_upsample, fused_kernel
+from ahm_core.masking.mixup import mixup
+from ahm_core.masking.pipeline import to_gray
 from ahm_core.masking.ppfr_fd import PPFRFD, Keys, self_normalise
+
+if TYPE_CHECKING:
+    from ahm_core.cases import Case
 
 MODES = ("mixup", "instahide")
 MAD_TO_STD = 1.4826  # the standard deviation of a normal sample is 1.4826 times its MAD
@@ -366,3 +372,55 @@ def invert_ppfr(
 
     optimiser.step(closure)
     return remove_plane(image.detach())
+
+
+@register
+class Demixing(Attack):
+    """`attack.demix_images` private images, each mixed `attack.demix_rounds` times with k = 2,
+    demixed from the mixes alone; with PPFR-FD's fixed key the components are inverted to faces
+    (at the attacker's auxiliary faces' mean brightness and contrast), else rendered."""
+
+    name = "demix"
+    holds = "the masked mixes (white box: the pipeline and k); PPFR-FD's fixed key"
+
+    def skip(self, case: Case) -> str | None:
+        return None if case.pipeline.mixing is not None else "the defence mixes nothing"
+
+    def run(self, case: Case) -> Reconstructions:
+        a, pipeline = case.cfg.attack, case.pipeline
+        g = torch.Generator().manual_seed(case.cfg.train.seed)
+        items = case.victims(a.demix_images)
+        originals = case.images(items)
+        encoded = pipeline.encode(originals, g)
+        ids = torch.arange(len(encoded))
+        mixes = [
+            mixup(encoded, ids, 2, case.cfg.mixup.max_coef, g).x for _ in range(a.demix_rounds)
+        ]
+        recovered = demix(torch.cat(mixes), 2).components.reshape(-1, *encoded.shape[1:])
+        components = recovery_report(recovered, encoded)
+        figures = {
+            "images": len(items),
+            "components_recovered": components["recovered"],
+            "mean_similarity": components["mean_similarity"],
+        }
+        summary = f"components {components['recovered']}/{len(items)}"
+        if pipeline.ppfr is not None and pipeline.ppfr.key_mode == "fixed":
+            inverted = invert_ppfr(recovered, pipeline.ppfr, pipeline.ppfr.keys(len(recovered)))
+            report = recovery_report(inverted, remove_plane(to_gray(originals)))
+            grey = to_gray(case.aux_images).flatten(1)
+            faces = inverted * grey.std(dim=1).mean() + grey.mean(dim=1).mean()
+            figures["faces_recovered"] = report["recovered"]
+            summary += f", faces {report['recovered']}/{len(items)} (with the key)"
+        else:
+            report, faces = components, pipeline.render(recovered)
+        match = torch.as_tensor(report["match"])
+        found = match >= 0
+        faces = faces[match[found]].clamp(0.0, 1.0)
+        return Reconstructions(
+            faces,
+            case.labels(items)[found],
+            originals[found],
+            figures=figures,
+            summary=summary,
+            panels={"original": originals[found][:8], "demixed": faces[:8]},
+        )

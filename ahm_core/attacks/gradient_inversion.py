@@ -28,13 +28,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from ahm_core.attacks.base import Attack, Reconstructions, register
+from ahm_core.attacks.cgan import SHOWN, cgan_for, mask_for_attack
+from ahm_core.data.sources import relabel
+from ahm_core.models import build_backbone, build_head
+
+if TYPE_CHECKING:
+    from ahm_core.cases import Case
 
 Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
 
@@ -259,3 +267,80 @@ def match_and_score(reconstructed: Tensor, truth: Tensor) -> dict[str, Tensor]:
         "cosine": (F.normalize(matched, dim=1) * F.normalize(flat_true, dim=1)).sum(dim=1).float(),
         "psnr": (10.0 * torch.log10(peak.pow(2) / mse)).float(),
     }
+
+
+def client_network(case: Case, classes: int) -> TrainingLoss:
+    """The network a client trains: the backbone state a captured client started from
+    (`case.start`), else seeded, and a seeded head; in train mode, dropout off (its draws
+    cannot be replayed)."""
+    cfg = case.cfg
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model, case.pipeline.in_channels, cfg.data.image_size)
+    if case.start is not None:
+        backbone.load_state_dict(case.start)
+    net = TrainingLoss(backbone, build_head(cfg.model, classes)).train()
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.eval()
+    return net
+
+
+@register
+class GradientInversion(Attack):
+    """Invert a client's update on `attack.gi_batch` masked, mixed faces (labels and mixing
+    coefficients known, as the threat model allows), then turn the recovered inputs into faces:
+    the pipeline's render where the input is the face (RGB, no mixing), else the case's CGAN."""
+
+    name = "gradient_inversion"
+    holds = "one client's update and the model it started from; labels and mixing coefficients"
+
+    def run(self, case: Case) -> Reconstructions:
+        cfg, a = case.cfg, case.cfg.attack
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        items = case.victims(a.gi_batch)
+        labels, classes = relabel(case.labels(items))
+        proportions = case.proportions
+        if proportions is not None:  # only the k a batch of gi_batch can mix
+            proportions = {k: v for k, v in proportions.items() if k <= a.gi_batch} or {2: 1.0}
+        aux = mask_for_attack(case.pipeline, case.aux_images, None, proportions, g)
+        victims = mask_for_attack(
+            case.pipeline, case.images(items), case.labels(items), proportions, g
+        )
+        masked = victims.masked.to(case.device)
+        net = client_network(case, classes).to(case.device)
+        options = InversionOptions(
+            iterations=a.gi_iterations,
+            restarts=a.gi_restarts,
+            local_steps=a.gi_local_steps,
+            local_lr=cfg.train.lr,
+            seed=cfg.train.seed,
+            objective=a.gi_objective,
+            # The valid range of what the client trains on, as the attacker's own masked faces span
+            bounds=(float(aux.masked.min()), float(aux.masked.max())),
+        )
+        # The client's batch: the same mix, with the labels and coefficients its loss used.
+        mixed_labels, coefs = labels[victims.index], victims.coefs
+        update = simulate_update(net, masked, mixed_labels, coefs, options)
+        recovered = invert_gradients(net, update, tuple(masked.shape), mixed_labels, coefs, options)
+        score = match_and_score(recovered.x, masked)
+        matched = recovered.x[score["order"]].detach().cpu()
+        if case.pipeline.domain == "rgb" and case.pipeline.mixing is None:
+            faces = case.pipeline.render(matched)
+        else:
+            faces = cgan_for(case).reconstruct(matched)
+        model = "initial" if case.start is None else "captured global"
+        cosine, psnr_db = float(score["cosine"].mean()), float(score["psnr"].mean())
+        shown = slice(0, SHOWN)
+        return Reconstructions(
+            faces,
+            victims.labels,
+            victims.targets,
+            figures={"input_cosine": cosine, "input_psnr": psnr_db, "model": model},
+            summary=f"recovered inputs: cosine {cosine:.3f}, {psnr_db:.1f} dB ({model} model)",
+            panels={
+                "original": victims.targets[shown],
+                "masked input": case.pipeline.render(victims.masked[shown]),
+                "recovered input": case.pipeline.render(matched[shown]),
+                "recovered face": faces[shown],
+            },
+        )

@@ -25,15 +25,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ahm_core.attacks.base import Attack, Reconstructions, register
 from ahm_core.freq import bdct_explicit
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline, to_gray
+from ahm_core.models import build_backbone
 from ahm_core.models.heads import MixUpArcFace
+
+if TYPE_CHECKING:
+    from ahm_core.cases import Case
 
 LogitsFn = Callable[[Tensor], Tensor]  # faces [N, 3, S, S] in [0, 1] -> identity logits [N, C]
 BASE = 4  # side of the generator's first feature map and of the discriminator's last
@@ -365,3 +371,64 @@ def attack_report(
         "knn_distance": distances.min(dim=1).values.mean().item(),
         "count": len(targets),
     }
+
+
+@register
+class ModelInversion(Attack):
+    """GMI against the released model (the global backbone with one client's head): faces of
+    `attack.gmi_targets` of that client's identities, judged by GMI's own classifier trained on
+    the client's faces and, like every attack, by re-identification against the gallery."""
+
+    name = "model_inversion"
+    holds = "the released model (global backbone, a client's head); auxiliary faces"
+
+    def skip(self, case: Case) -> str | None:
+        if case.released is None:
+            return "no released model (a client's head and data) in this case"
+        return None
+
+    def run(self, case: Case) -> Reconstructions:
+        cfg, a, released = case.cfg, case.cfg.attack, case.released
+        torch.manual_seed(cfg.train.seed)
+        backbone = build_backbone(cfg.model, case.pipeline.in_channels, cfg.data.image_size)
+        backbone.load_state_dict(released.backbone)
+        options = GMIOptions(
+            image_size=cfg.data.image_size,
+            gan_epochs=a.gmi_gan_epochs,
+            iterations=a.gmi_iterations,
+            restarts=a.gmi_restarts,
+            ngf=a.ngf,
+            ndf=a.ndf,
+            seed=cfg.train.seed,
+        )
+        # The prior (auxiliary faces) and the judge (the client's faces) depend on no trained
+        # model: every case of one report shares them.
+        key = (options, tuple(released.items.tolist()))
+        if key not in case.shared:
+            private = case.images(released.items).to(case.device)
+            case.shared[key] = (
+                train_prior(case.aux_images.to(case.device), options),
+                train_evaluator(private, released.labels.to(case.device), options),
+                private,
+            )
+        prior, evaluator, private = case.shared[key]
+        head = released.head.to(case.device)
+        logits = white_box_logits(backbone.to(case.device), head, case.pipeline)
+        classes = int(released.labels.max()) + 1
+        targets = torch.arange(min(a.gmi_targets, classes))
+        faces, labels = invert_identities(prior, logits, targets, options)
+        figures = attack_report(faces, labels, evaluator, private, released.labels)
+        # Each target class of the client's head back to the dataset's identity.
+        first = [int((released.labels == c).nonzero()[0]) for c in targets.tolist()]
+        found = case.labels(released.items[first]).tolist()
+        identity = dict(zip(targets.tolist(), found, strict=True))
+        faces = faces.detach().cpu().clamp(0.0, 1.0)
+        return Reconstructions(
+            faces,
+            torch.tensor([identity[c] for c in labels.tolist()]),
+            None,
+            figures={**figures, "chance": 1.0 / classes},
+            summary=f"GMI classifier top-1 {figures['top1']:.3f} / top-5 {figures['top5']:.3f} "
+            f"(chance {1.0 / classes:.3f})",
+            panels={"inverted": faces[:8]},
+        )

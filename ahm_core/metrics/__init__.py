@@ -3,10 +3,9 @@
 from ahm_core.metrics.lpips import LPIPS, alexnet_checkpoint
 from ahm_core.metrics.privacy import (
     accuracy_ratio,
-    attack_effect,
     embed_images,
+    feature_distance,
     identity_leakage,
-    masking_effect,
     normalise,
     privacy_index,
     psnr,
@@ -18,10 +17,9 @@ __all__ = [
     "LPIPS",
     "accuracy_ratio",
     "alexnet_checkpoint",
-    "attack_effect",
     "embed_images",
+    "feature_distance",
     "identity_leakage",
-    "masking_effect",
     "normalise",
     "privacy_index",
     "psnr",

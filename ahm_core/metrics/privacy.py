@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ahm_core.masking.pipeline import to_gray
-from ahm_core.metrics.lpips import LPIPS, as_rgb, check_pair, check_unit_images
+from ahm_core.metrics.lpips import as_rgb, check_pair, check_unit_images
 from ahm_core.metrics.uncertainty import wilson_interval
 
 FeatureModel = Callable[[Tensor], Tensor]  # images [N, 3, H, W] in [0, 1] -> embeddings [N, D]
@@ -42,51 +42,19 @@ def embed_images(model: FeatureModel, images: Tensor, batch_size: int = 64) -> T
     return torch.cat(out)
 
 
-def _effect(
-    originals: Tensor,
-    images: Tensor,
-    lpips: LPIPS,
-    feature_model: FeatureModel,
-    prefix: str,
-    batch_size: int,
-) -> dict[str, float | bool]:
-    check_pair(originals, images, ("originals", f"{prefix} images"))
+def feature_distance(
+    originals: Tensor, images: Tensor, feature_model: FeatureModel, batch_size: int = 64
+) -> Tensor:
+    """[N] 1 - cos(f(original_i), f(image_i)): the feature term of M_feat (images: renders of the
+    masked originals) and A_feat (an attack's reconstructions); larger means more privacy."""
+    check_pair(originals, images, ("originals", "images"))
     if not len(originals):
         raise ValueError("originals: no images to measure")
     cos = (
         embed_images(feature_model, originals, batch_size)
         * embed_images(feature_model, images, batch_size)
     ).sum(dim=1)
-    return {
-        f"{prefix}_lpips": float(lpips(originals, images).mean()),
-        f"{prefix}_feat": float(1.0 - cos.mean()),
-        "lpips_calibrated": lpips.calibrated,
-    }
-
-
-def masking_effect(
-    originals: Tensor,
-    renders: Tensor,
-    lpips: LPIPS,
-    feature_model: FeatureModel,
-    batch_size: int = 64,
-) -> dict[str, float | bool]:
-    """M_lpips and M_feat of renders of the masked originals (larger: better masking).
-
-    `feature_model` (in eval mode) is an FR model trained on original images; the result also
-    says whether LPIPS was calibrated (`lpips.label` is the name reports must print)."""
-    return _effect(originals, renders, lpips, feature_model, "m", batch_size)
-
-
-def attack_effect(
-    originals: Tensor,
-    reconstructions: Tensor,
-    lpips: LPIPS,
-    feature_model: FeatureModel,
-    batch_size: int = 64,
-) -> dict[str, float | bool]:
-    """A_lpips and A_feat of an attack's reconstructions of originals (larger: better defence)."""
-    return _effect(originals, reconstructions, lpips, feature_model, "a", batch_size)
+    return 1.0 - cos
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:

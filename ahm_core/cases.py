@@ -1,0 +1,134 @@
+"""Who holds what in an attack (breaching's "case"): the defence with its keys, the victims'
+private training faces, a gallery of other photos of the same people that re-identification
+compares with, the attacker's auxiliary faces of people the victims are not, and what the server
+saw (the global model a captured client started from) or released (a client's head).
+
+The paper tables and the threat report build their cases here, so both split the data the same
+way: one seeded shuffle of the training items, the first ones victims and the rest the gallery,
+and the auxiliary faces drawn from the held-out verification identities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ahm_core.config import AHMConfig
+from ahm_core.data.base import FaceSet
+from ahm_core.data.pairs import Pairs
+from ahm_core.experiment import masking_for_run
+from ahm_core.masking import MaskingPipeline
+
+
+class Split(NamedTuple):
+    """Training items of the victims and of the gallery, and the attacker's auxiliary items."""
+
+    victims: Tensor
+    gallery: Tensor
+    aux: Tensor
+
+
+def attack_split(
+    train: Tensor,
+    labels: Tensor,
+    pairs: Pairs,
+    victims: int,
+    per_identity: int,
+    aux: int,
+    seed: int,
+) -> Split:
+    """One seeded shuffle of `train` (items with dataset `labels`): the first `victims` items are
+    attacked, and of the rest at most `per_identity` of each identity form the gallery; `aux`
+    auxiliary items from the identities held out for verification."""
+    g = torch.Generator().manual_seed(seed)
+    shuffled = train[torch.randperm(len(train), generator=g)]
+    held = torch.cat([pairs.left, pairs.right]).unique()
+    rest = shuffled[victims:]
+    # Each item's place among its identity's items in the shuffled order (a stable sort keeps it).
+    ids = labels[rest]
+    order = torch.argsort(ids, stable=True)
+    grouped = ids[order]
+    place = torch.empty_like(order)
+    place[order] = torch.arange(len(ids)) - torch.searchsorted(grouped, grouped)
+    gallery = rest[place < per_identity]
+    return Split(shuffled[:victims], gallery, held[torch.randperm(len(held), generator=g)][:aux])
+
+
+@dataclass(frozen=True)
+class Released:
+    """A released model: the global backbone's state and one client's head, with that client's
+    training items and their labels in the head's classes (0..n-1)."""
+
+    backbone: dict[str, Tensor]
+    head: nn.Module
+    items: Tensor
+    labels: Tensor
+
+
+@dataclass
+class Case:
+    """One defence under attack. `start` is the backbone state a captured client started its
+    update from (None: the seeded initial model); `shared` is what every case of one report may
+    reuse (keyed by what it depends on); `cache` what the attacks of this case share."""
+
+    cfg: AHMConfig
+    pipeline: MaskingPipeline
+    faces: FaceSet
+    split: Split
+    device: torch.device
+    folder: Path
+    proportions: dict[int, float] | None = None
+    start: dict[str, Tensor] | None = None
+    released: Released | None = None
+    shared: dict[Any, Any] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def images(self, items: Tensor) -> Tensor:
+        """Float images in [0, 1] of dataset items."""
+        return self.faces.images_uint8(items).float() / 255.0
+
+    def labels(self, items: Tensor) -> Tensor:
+        return self.faces.labels[items]
+
+    def victims(self, count: int) -> Tensor:
+        """The first `count` victim items (an attack's budget)."""
+        return self.split.victims[:count]
+
+    @cached_property
+    def aux_images(self) -> Tensor:
+        return self.images(self.split.aux)
+
+    @cached_property
+    def gallery_images(self) -> Tensor:
+        return self.images(self.split.gallery)
+
+
+def build_case(
+    cfg: AHMConfig,
+    faces: FaceSet,
+    train: Tensor,
+    pairs: Pairs,
+    folder: Path,
+    device: torch.device,
+    proportions: dict[int, float] | None = None,
+    **holdings: Any,
+) -> Case:
+    """The case of `cfg.masking.method` on `faces`: its pipeline fitted on `train` as the run was,
+    enough victims for every attack's budget, and the adaptive method's k shares (the policy's
+    measured ones, else uniform over `policy.k_set`). `holdings`: `start`, `released`, `shared`."""
+    a = cfg.attack
+    pipeline = masking_for_run(cfg, faces, train)
+    count = max(a.victims, a.gi_batch, a.demix_images)
+    split = attack_split(
+        train, faces.labels, pairs, count, a.gallery_per_identity, a.aux_images, cfg.train.seed
+    )
+    shares = None
+    if pipeline.mixing == "adaptive":
+        shares = {int(k): float(v) for k, v in (proportions or {}).items()}
+        shares = shares or dict.fromkeys(cfg.policy.k_set, 1.0)
+    return Case(cfg, pipeline, faces, split, device, folder, shares, **holdings)
