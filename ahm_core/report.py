@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ahm_core.config import AHMConfig
-from ahm_core.evaluators import DLIB, OWN, judges, reference_arcface
+from ahm_core.evaluators import judges, reference_arcface
 from ahm_core.paper import measure_privacy
 from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
 from ahm_core.train import resolve_device
@@ -87,11 +87,8 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
             "-",
         ],
     ]
-    for judge in (OWN, DLIB):
-        if judge in absent:
-            privacy.append([f"judge {judge}", f"absent: {absent[judge]}", "-"])
-            continue
-        scored = cgan["judges"][judge]
+    privacy += [[f"judge {judge}", f"absent: {why}", "-"] for judge, why in absent.items()]
+    for judge, scored in cgan["judges"].items():
         privacy += [
             [f"M_feat ({judge})", fmt(p["masking"]["judges"][judge]["m_feat"]["value"]), "-"],
             [f"A_feat ({judge}) [95%] (mean face; gain)", index_cell(scored["a_feat"]), "-"],

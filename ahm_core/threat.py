@@ -39,7 +39,7 @@ from torch import Tensor
 from ahm_core.attacks import ATTACKS
 from ahm_core.cases import Case, Released, build_case
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
-from ahm_core.evaluators import DLIB, OWN, Judges, judges, reference_arcface
+from ahm_core.evaluators import Judges, judges, reference_arcface
 from ahm_core.federated import FederatedData, client_data, federated_data, unpack_state
 from ahm_core.io import load_checkpoint
 from ahm_core.metrics import LPIPS
@@ -230,7 +230,7 @@ def _compared_notes(rows: dict) -> list[str]:
 
 def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
     rows, absent = result["defences"], result["absent_judges"]
-    seen = [OWN, *(j for j in (DLIB,) if j not in absent)]
+    seen = list(next(iter(rows.values()))["ceilings"])  # the judges that judged, own first
     defences = Table(
         ["Defence", "Accuracy ± std", "DP epsilon", *[f"Rank-1 ceiling ({j})" for j in seen]],
         [

@@ -23,6 +23,7 @@ def test_wilson_interval(successes, trials, expected):
     assert lo == pytest.approx(expected[0], abs=1e-4) and hi == pytest.approx(expected[1], abs=1e-4)
     low, high = stats.binomtest(successes, trials).proportion_ci(method="wilson")
     assert (lo, hi) == pytest.approx((low, high), abs=1e-9)
+    assert lo <= successes / trials <= hi  # exactly, at 0 and at every success too
 
 
 def test_fold_interval_is_students_t_over_the_folds():
