@@ -25,12 +25,13 @@ from ahm_core.plots import save_grid
 Log = Callable[[str], None]
 
 
-def _comparable(case: Case, originals: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Both as the masking saw them; grey both when an attack recovers grey faces only."""
-    seen, recovered = case.pipeline.seen(originals), case.pipeline.seen(images)
-    if recovered.shape[1] != seen.shape[1]:
-        return to_gray(seen).repeat(1, 3, 1, 1), to_gray(recovered).repeat(1, 3, 1, 1)
-    return seen, recovered
+def _seen(case: Case, *images: Tensor) -> list[Tensor]:
+    """Images as the masking saw them; all grey when one is (an attack that recovers grey faces
+    only is compared on luma)."""
+    seen = [case.pipeline.seen(x) for x in images]
+    if len({x.shape[1] for x in seen}) > 1:
+        return [to_gray(x).repeat(1, 3, 1, 1) for x in seen]
+    return seen
 
 
 def _index(values: Tensor, floor: Tensor, seed: int) -> dict[str, Any]:
@@ -48,9 +49,8 @@ def _indices(
 ) -> dict[str, Any]:
     """`prefix`_lpips and, per judge, `prefix`_feat of images against their targets."""
     seed = case.cfg.train.seed
-    originals, compared = _comparable(case, targets, images)
     mean_face = case.aux_images.mean(dim=0, keepdim=True).expand_as(targets)
-    _, floor = _comparable(case, targets, mean_face)
+    originals, compared, floor = _seen(case, targets, images, mean_face)
     out: dict[str, Any] = {
         f"{prefix}_lpips": _index(lpips(originals, compared), lpips(originals, floor), seed)
     }
@@ -91,7 +91,7 @@ def score(rec: Reconstructions, case: Case, judges: Judges, lpips: LPIPS) -> dic
     if rec.targets is not None:
         indices = _indices(case, rec.targets, rec.faces, judges, lpips, "a")
         judged = indices.pop("judges")
-        originals, compared = _comparable(case, rec.targets, rec.faces)
+        originals, compared = _seen(case, rec.targets, rec.faces)
         out |= indices
         out["psnr"] = float(psnr(compared, originals).clamp(max=100.0).mean())
         if min(originals.shape[2:]) >= 11:
