@@ -122,18 +122,16 @@ def run_threat_model(
             saved if own else None,
             summary,
             run_dir / "threat" / defence,
+            shared,
         )
-        case.shared = shared
         rows[defence] = _row(case, judged, lpips, log)
         if own:
             rows[defence] |= _trained(summary)
     for name, other_dir in (compared or {}).items():
         log(f"threat model: {name} (the run in {other_dir})")
         other_cfg, other_saved, other_summary = _load_run(Path(other_dir), attack_cfg)
-        case = _case(
-            other_cfg, data, Path(other_dir), other_saved, other_summary, run_dir / "threat" / name
-        )
-        case.shared = shared
+        folder = run_dir / "threat" / name
+        case = _case(other_cfg, data, Path(other_dir), other_saved, other_summary, folder, shared)
         rows[name] = _row(case, judged, lpips, log)
         rows[name] |= {"method": other_cfg.masking.method, **_trained(other_summary)}
     result = {
@@ -152,11 +150,13 @@ def _case(
     saved: dict | None,
     summary: dict,
     folder: Path,
+    shared: dict[Any, Any],
 ) -> Case:
     """The case of one defence. With its trained run (`saved`), the attacker holds the global
     model a captured client started from and the released model; without, the seeded initial
-    model (as breaching attacks at initialisation) and no release."""
-    holdings: dict[str, Any] = {}
+    model (as breaching attacks at initialisation) and no release. `shared`: what every case of
+    the report may reuse."""
+    holdings: dict[str, Any] = {"shared": shared}
     if saved is not None:
         records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
         capture = load_checkpoint(records[0]) if records else None
