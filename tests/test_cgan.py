@@ -12,13 +12,12 @@ from ahm_core.attacks import (
     dominant_sources,
     mask_for_attack,
     sample_ks,
-    save_reconstruction_grid,
     unet_levels,
 )
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.synthetic import SynthFaces
 from ahm_core.masking import build_masking
-from ahm_core.plots import LABEL_WIDTH
+from ahm_core.plots import LABEL_WIDTH, save_grid
 
 SIZE = 32
 AUX_IDS, VICTIM_IDS, PER_ID = 40, 10, 8
@@ -235,11 +234,14 @@ def test_a_seed_fixes_training_and_leaves_the_global_rng_alone(faces):
     assert not torch.equal(attack.reconstruct(masked, seed=1), runs[2])  # the noise channel
 
 
-def test_reconstruction_grid_has_the_three_rows_of_fig_3(faces, tmp_path):
+def test_an_attack_picture_resizes_and_pads_its_rows(faces, tmp_path):
     originals = faces[0][:5]
     renders = F.avg_pool2d(originals.mean(dim=1, keepdim=True), 2)  # gray, half size
-    path = save_reconstruction_grid(originals, renders, originals.flip(0), tmp_path / "fig3.png")
+    rows = [originals, renders, originals.flip(0)[:3]]  # the last row shorter: blanks at its end
+    path = save_grid(rows, tmp_path / "fig3.png", ["original", "masked", "reconstruction"])
     with Image.open(path) as picture:
         assert picture.size == (LABEL_WIDTH + 5 * (SIZE + 2) + 2, 3 * (SIZE + 4))
-    with pytest.raises(ValueError, match="equal counts"):
-        save_reconstruction_grid(originals, renders[:4], originals, tmp_path / "bad.png")
+        last = picture.crop(
+            (LABEL_WIDTH + 3 * (SIZE + 2) + 2, 2 * (SIZE + 4), picture.width, picture.height)
+        )
+        assert last.getextrema() == ((255, 255), (255, 255), (255, 255))  # blank, not a face

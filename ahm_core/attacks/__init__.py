@@ -14,7 +14,6 @@ from ahm_core.attacks.cgan import (
     dominant_sources,
     mask_for_attack,
     sample_ks,
-    save_reconstruction_grid,
     unet_levels,
 )
 from ahm_core.attacks.demix import (
@@ -89,7 +88,6 @@ __all__ = [
     "register",
     "remove_plane",
     "sample_ks",
-    "save_reconstruction_grid",
     "similarity_graph",
     "simulate_update",
     "train_evaluator",

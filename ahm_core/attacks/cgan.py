@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -32,7 +32,6 @@ from ahm_core.attacks.base import Attack, Reconstructions, register
 from ahm_core.config import AttackConfig
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
-from ahm_core.plots import save_grid
 from ahm_core.train import resolve_device
 
 if TYPE_CHECKING:
@@ -543,20 +542,6 @@ def attack_data(
     aux = mask_for_attack(pipeline, aux_images, None, k_proportions, generator)
     victim = mask_for_attack(pipeline, victim_images, victim_labels, k_proportions, generator)
     return aux, victim
-
-
-def save_reconstruction_grid(
-    originals: Tensor,
-    masked_renders: Tensor,
-    reconstructions: Tensor,
-    path: str | os.PathLike,
-    labels: Sequence[str] = ("original", "masked", "reconstruction"),
-) -> Path:
-    """The paper's Fig. 3 as one PNG: rows original / masked render / reconstruction."""
-    rows = [originals, masked_renders, reconstructions]
-    if len({len(r) for r in rows}) != 1:
-        raise ValueError(f"grid rows: expected equal counts, got {[len(r) for r in rows]}")
-    return save_grid(rows, path, labels)
 
 
 SHOWN = 8  # faces in an attack's picture
