@@ -18,7 +18,7 @@ from ahm_core.metrics.dlib_face import DlibDescriptor, dlib_unavailable
 from ahm_core.metrics.privacy import FeatureModel
 from ahm_core.models import build_backbone
 
-OWN, DLIB = "own", "dlib"  # the judges' names, as reports print them
+OWN, DLIB = "own", "dlib"  # the judges' names (config.JUDGES), as reports print them
 
 
 class Judges(NamedTuple):
@@ -26,10 +26,6 @@ class Judges(NamedTuple):
 
     models: dict[str, FeatureModel]
     absent: dict[str, str]
-
-    @property
-    def own(self) -> FeatureModel:
-        return self.models[OWN]
 
 
 def reference_arcface(cfg: AHMConfig, folder: Path, epochs: int) -> dict:

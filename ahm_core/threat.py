@@ -282,7 +282,6 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         lines,
         csv="threat_report.csv",
     )
-    a = cfg.attack
     return [
         f"# Threat report: run of {cfg.masking.method} on {cfg.data.source} faces",
         "",
@@ -296,13 +295,11 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "victims.",
         *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
         "",
-        "Attacks: `cgan`, the paper's black-box CGAN on the masked training tensors "
-        f"({a.victims} victims); `gradient_inversion`, a client's update on {a.gi_batch} masked, "
-        f"mixed images ({a.gi_local_steps} local step(s)), inverted and chained to faces by the "
-        "defence's CGAN (its own figures: cosine and PSNR of the recovered inputs after "
-        f"matching); `demix`, {a.demix_images} private images each in {a.demix_rounds} 2-mixes, "
-        "demixed and, with PPFR-FD's fixed key, inverted to faces; `model_inversion`, GMI "
-        "against the released model of a trained run, with GMI's own classifier's top-1 / top-5. "
+        "Attacks (their budgets are the `attack` options of the run's config), and what each "
+        "holds:",
+        "",
+        *[f"- `{name}`: {attack.holds}" for name, attack in ATTACKS.items()],
+        "",
         "Accuracy: the final verification accuracy of a trained run, with its 10-fold std.",
         *_compared_notes(rows),
         "",

@@ -51,6 +51,7 @@ class Attack(ABC):
         """Attack the case's victims."""
 
 
+SHOWN = 8  # faces in an attack's picture
 ATTACKS: dict[str, Attack] = {}
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ahm_core.attacks.base import Attack, Reconstructions, register
+from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.config import AttackConfig
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
@@ -542,9 +542,6 @@ def attack_data(
     aux = mask_for_attack(pipeline, aux_images, None, k_proportions, generator)
     victim = mask_for_attack(pipeline, victim_images, victim_labels, k_proportions, generator)
     return aux, victim
-
-
-SHOWN = 8  # faces in an attack's picture
 
 
 def cgan_for(case: Case) -> CGANAttack:

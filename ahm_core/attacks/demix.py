@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from ahm_core.attacks.base import Attack, Reconstructions, register
+from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.freq import check_images, check_upsample, fused_kernel
 from ahm_core.masking.mixup import mixup
 from ahm_core.masking.pipeline import to_gray
@@ -422,5 +422,5 @@ class Demixing(Attack):
             originals[found],
             figures=figures,
             summary=summary,
-            panels={"original": originals[found][:8], "demixed": faces[:8]},
+            panels={"original": originals[found][:SHOWN], "demixed": faces[:SHOWN]},
         )

@@ -36,8 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ahm_core.attacks.base import Attack, Reconstructions, register
-from ahm_core.attacks.cgan import SHOWN, cgan_for, mask_for_attack
+from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
+from ahm_core.attacks.cgan import cgan_for, mask_for_attack
 from ahm_core.data.sources import relabel
 from ahm_core.models import build_backbone, build_head
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ahm_core.attacks.base import Attack, Reconstructions, register
+from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.freq import bdct_explicit
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline, to_gray
@@ -430,5 +430,5 @@ class ModelInversion(Attack):
             figures={**figures, "chance": 1.0 / classes},
             summary=f"GMI classifier top-1 {figures['top1']:.3f} / top-5 {figures['top5']:.3f} "
             f"(chance {1.0 / classes:.3f})",
-            panels={"inverted": faces[:8]},
+            panels={"inverted": faces[:SHOWN]},
         )

@@ -53,13 +53,10 @@ def dlib_unavailable() -> str | None:
     missing = []
     try:
         importlib.import_module("dlib")
-    except Exception:
+    except ImportError:  # also a wheel whose shared library does not load
         missing.append("dlib (the dlib-bin wheel)")
-    try:
-        if _models_dir() is None:
-            missing.append(f"face_recognition_models (with {RESNET_MODEL} and {SHAPE_MODEL})")
-    except Exception:
-        missing.append("face_recognition_models")
+    if _models_dir() is None:
+        missing.append(f"face_recognition_models (with {RESNET_MODEL} and {SHAPE_MODEL})")
     if not missing:
         return None
     return f"dlib face descriptor unavailable: missing {' and '.join(missing)}; run `{INSTALL}`"
@@ -81,8 +78,6 @@ def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
 
 class DlibDescriptor:
     """Images [N, C, H, W] in [0, 1] to dlib's [N, 128] face descriptors (float32, CPU)."""
-
-    name = "dlib"
 
     def __init__(self) -> None:
         reason = dlib_unavailable()
