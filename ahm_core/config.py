@@ -42,6 +42,10 @@ METHODS: dict[str, MethodSpec] = {
 }
 BACKBONES = ("ir_se_50", "ir_se_small")
 POLICY_NETS = ("resnet18", "small")
+# What the policy's reward measures: Algorithm 1's loss, or the MixUp loss at margin 0 (D6).
+POLICY_REWARDS = ("loss", "margin_free")
+# REINFORCE's baseline: a moving average over updates, or the mean of the batch's other samples.
+POLICY_BASELINES = ("moving_average", "batch_mean")
 DATA_SOURCES = ("synthetic", "folder", "insightface")
 KEY_MODES = ("fixed", "per_image")
 CHANNEL_MIXINGS = ("adjacent", "none")
@@ -146,6 +150,8 @@ class PolicyConfig:
     k_set: tuple[int, ...] = (2, 3, 4, 5)
     net: str = "resnet18"  # the strategy network: resnet18 (DESIGN D6) | small (CPU scale)
     per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
+    reward: str = "margin_free"  # loss (Algorithm 1's) | margin_free (m = 0): see POLICY_REWARDS
+    baseline: str = "moving_average"  # moving_average | batch_mean (leave-one-out, per-sample k)
     alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
     beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
     lr: float = field(default=1e-4, metadata={"min_open": 0.0})
@@ -328,6 +334,13 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     _choice("masking.mixing", cfg.masking.mixing, CHANNEL_MIXINGS)
     _choice("model.backbone", cfg.model.backbone, BACKBONES)
     _choice("policy.net", cfg.policy.net, POLICY_NETS)
+    _choice("policy.reward", cfg.policy.reward, POLICY_REWARDS)
+    _choice("policy.baseline", cfg.policy.baseline, POLICY_BASELINES)
+    if cfg.policy.baseline == "batch_mean" and not cfg.policy.per_sample:
+        raise ConfigError(
+            "policy.baseline: batch_mean needs policy.per_sample=true (with one k per batch every "
+            "sample's advantage over the others' mean sums to zero); expected moving_average"
+        )
     _choice("federation.partition", cfg.federation.partition, PARTITIONS)
     _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
     _choice("federation.strategy", cfg.federation.strategy, STRATEGIES)

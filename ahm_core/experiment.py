@@ -8,6 +8,7 @@ folder it resumes from the checkpoint under the same config.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.evaluate import benchmark_line
 from ahm_core.io import atomic_write
 from ahm_core.masking import MaskingPipeline, build_masking
+from ahm_core.plots import save_k_shares
 from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,27 @@ def _write_metrics(
         for epoch in history:
             for k, count in epoch["k_histogram"].items():
                 total[k] = total.get(k, 0) + count
-        n = sum(total.values()) or 1
         metrics["k_histogram"] = total
-        metrics["k_proportions"] = {k: round(v / n, 4) for k, v in sorted(total.items())}
+        metrics["k_proportions"] = shares(total)
+        metrics["k_proportions_final_epoch"] = shares(last["k_histogram"])
+        metrics["policy_updates"] = sum(epoch["policy_updates"] for epoch in history)
+        metrics["k_dynamics"] = str(save_k_dynamics(out_dir / "k_dynamics.png", cfg, history))
     text = json.dumps(metrics, indent=2)
     atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     return json.loads(text)
+
+
+def shares(histogram: dict[str, int]) -> dict[str, float]:
+    """Each k's share of a histogram {k: count}, rounded to 4 digits, in order of k."""
+    n = sum(histogram.values()) or 1
+    return {k: round(histogram[k] / n, 4) for k in sorted(histogram, key=int)}
+
+
+def save_k_dynamics(path: Path, cfg: AHMConfig, history: list[dict]) -> Path:
+    """The policy's PMF at every update of the run, as k shares over training (epochs dotted)."""
+    pmfs = [pmf for epoch in history for pmf in epoch.get("pmfs", [])]
+    marks = list(itertools.accumulate(len(epoch.get("pmfs", [])) for epoch in history))[:-1]
+    reward = f"reward {cfg.policy.reward}, {len(pmfs)} PMFs, lr {cfg.policy.lr:g}"
+    return save_k_shares(
+        path, cfg.policy.k_set, pmfs, "policy update", f"PMF over k ({reward})", marks
+    )

@@ -212,6 +212,8 @@ def local_train(
     for epoch in epochs:
         for k, count in epoch.get("k_histogram", {}).items():
             ks[k] = ks.get(k, 0) + count
+    order = sorted(range(len(ccfg.policy.k_set)), key=lambda i: ccfg.policy.k_set[i])
+    pmfs = [pmf[i] for epoch in epochs for pmf in epoch.get("pmfs", []) for i in order]
     metrics = {
         "num-examples": len(client.items),
         "partition-id": client.partition_id,
@@ -220,6 +222,7 @@ def local_train(
         "train-seconds": seconds,
         "k-values": [int(k) for k in sorted(ks, key=int)],
         "k-counts": [ks[k] for k in sorted(ks, key=int)],
+        "k-pmf": pmfs,  # the PMF of every policy update, one row per update in k-values order
     }
     return LocalResult(
         shared_state(trainer, cfg.federation.share_head), metrics, pack_state(trainer)

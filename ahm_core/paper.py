@@ -31,6 +31,8 @@ from ahm_core.train import resolve_device
 
 ATTACKS = ("cgan",)  # the paper's Table 2 measures its black-box CGAN
 ROW_VERSION = 3  # a cached row of another version lacks what the report now prints
+# What an adaptive row keeps of its run's metrics (None for the other rows): Table 3 and dynamics.
+POLICY_KEYS = ("k_proportions", "k_proportions_final_epoch", "policy_updates", "k_dynamics")
 
 
 class Row(NamedTuple):
@@ -106,7 +108,7 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
         "accuracy": metrics["verification_accuracy"],
         "accuracy_ci95": metrics["verification"]["accuracy_ci95"],
         "correct": metrics["verification"]["correct"],
-        "k_proportions": metrics.get("k_proportions"),
+        **{key: metrics.get(key) for key in POLICY_KEYS},
     }
     if judged is not None:
         result |= measure_privacy(row_cfg, result["k_proportions"], judged, cached.parent, log)
@@ -153,6 +155,8 @@ def write_tables(
     label = next((r["lpips_label"] for r in masked.values()), "LPIPS")
     _scatter(scores, out_dir / "privacy_accuracy.png")
     acc = {n: r["accuracy"] for n, r in results.items()}
+    adaptive = {n: r for n, r in results.items() if r.get("k_proportions")}
+    reward = cfg.policy.reward
     judged = next((list(r["ceilings"]) for r in masked.values()), [OWN])  # own first
     md: list[str | Table] = [
         f"# Paper tables on {cfg.data.source} faces ({cfg.data.image_size} px)",
@@ -235,17 +239,29 @@ def write_tables(
             [paired_row(a, b, results[a], results[b]) for a, b in PAIRED if {a, b} <= set(results)],
         ),
         "",
-        "## Table 3: average proportion of each k (Masking+AdaMixUp)",
+        f"## Table 3: average proportion of each k (Masking+AdaMixUp, reward {reward})",
+        "",
+        "The shares of the k the policy drew, over the whole run and in its final epoch, and "
+        "below each row the PMF after every policy update.",
         "",
         Table(
-            ["Method", "k proportions"],
+            ["Method", "whole run", "final epoch", "policy updates"],
             [
-                [n, json.dumps(r["k_proportions"])]
-                for n, r in results.items()
-                if r.get("k_proportions")
+                [
+                    n,
+                    json.dumps(r["k_proportions"]),
+                    json.dumps(r.get("k_proportions_final_epoch")),
+                    str(r.get("policy_updates", "-")),
+                ]
+                for n, r in adaptive.items()
             ],
         ),
         "",
+        *[
+            f"![{n}: PMF over training]({Path(r['k_dynamics']).relative_to(out_dir)})\n"
+            for n, r in adaptive.items()
+            if r.get("k_dynamics")
+        ],
         "![privacy against accuracy](privacy_accuracy.png)",
         "",
         "## Reconstructions (original / masked render / CGAN)",

@@ -48,3 +48,32 @@ def save_grid(
             draw.text((6, i * height + height // 2 - 6), label, fill="black")
         picture = framed
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def save_k_shares(
+    path: str | os.PathLike,
+    k_values: Sequence[int],
+    shares: Sequence[Sequence[float]],
+    xlabel: str,
+    title: str,
+    marks: Sequence[float] = (),
+) -> Path:
+    """The share of each k over training as stacked areas (one column of `shares` per k, one row
+    per point in time), with dotted vertical lines at `marks` (epoch or round boundaries)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(zip(*shares, strict=True))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.stackplot(range(len(shares)), columns, labels=[f"k={k}" for k in k_values], alpha=0.85)
+    for mark in marks:
+        ax.axvline(mark, color="black", linestyle=":", linewidth=0.8)
+    ax.set(xlim=(0, max(1, len(shares) - 1)), ylim=(0, 1), xlabel=xlabel, ylabel="share")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return written

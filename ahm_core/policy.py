@@ -6,10 +6,12 @@ How the pieces fit in one FR training step of `masking_adamixup` (the trainer ow
    batch's PMF (one PMF per batch: the features are averaged over the batch before the FC).
 2. `mixed = mixup(x, labels, ks, max_coef)`; the FR step minimises the MixUp-ArcFace loss (eq. 6).
 3. Every `PolicyConfig.interval` FR steps, on that same mixed batch: reward1_i = per-sample loss of
-   the current FRNet; FRNet1 = a copy after one SGD step on the batch; reward2_i = its per-sample
-   loss (FRNet1 is then discarded). `policy.update(x, ks, policy.reward(reward1, reward2))` then
+   the current FRNet; FRNet1 = the network after one SGD step on the batch; reward2_i = its
+   per-sample loss. Which loss is `PolicyConfig.reward`: Algorithm 1's (`loss`) or the MixUp loss
+   at margin 0 (`margin_free`). `policy.update(x, ks, policy.reward(reward1, reward2))` then
    raises the probability of the k that made the loss large (eq. 7): more images mixed, more
-   privacy, and the two networks play against each other.
+   privacy, and the two networks play against each other. On an update step the PMF is computed
+   on that step's batch, so the log-probabilities are those of the PMF the k were drawn from.
 4. Every epoch the trainer logs `policy.proportions()` (the paper's Table 3), then
    `reset_histogram()`.
 
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from ahm_core.config import POLICY_NETS, PolicyConfig
+from ahm_core.config import POLICY_BASELINES, POLICY_NETS, PolicyConfig
 
 
 def _small_net(in_channels: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
@@ -81,7 +83,13 @@ def combine_rewards(reward1: Tensor, reward2: Tensor, alpha: float, beta: float)
 
 
 class AdaptivePolicy:
-    """StrategyNet + Adam + moving-average baseline + histogram of the k it chose (DESIGN D6)."""
+    """StrategyNet + Adam + REINFORCE baseline + histogram of the k it chose (DESIGN D6).
+
+    baseline `moving_average`: b moves towards each batch's mean reward with `baseline_momentum`;
+    `batch_mean`: sample i's b is the mean reward of the batch's other samples (leave-one-out, so
+    b carries no part of R_i and the estimate stays unbiased), which follows a falling loss at
+    once. It needs per-sample k: with one k per batch every advantage would cancel.
+    """
 
     def __init__(
         self,
@@ -92,11 +100,17 @@ class AdaptivePolicy:
         per_sample: bool = True,
         entropy_weight: float = 0.0,
         baseline_momentum: float = 0.9,
+        baseline: str = "moving_average",
         alpha: float = 1.0,
         beta: float = 1.0,
     ) -> None:
         if net.fc.out_features != len(k_set):
             raise ValueError(f"net has {net.fc.out_features} outputs for {len(k_set)} values of k")
+        if baseline not in POLICY_BASELINES:
+            raise ValueError(f"baseline: expected one of {POLICY_BASELINES}, got {baseline!r}")
+        if baseline == "batch_mean" and not per_sample:
+            raise ValueError("baseline batch_mean needs per-sample k")
+        self.leave_one_out = baseline == "batch_mean"
         self.net = net
         self.k_set = tuple(int(k) for k in k_set)
         self.per_sample = per_sample
@@ -116,7 +130,7 @@ class AdaptivePolicy:
 
     @property
     def baseline(self) -> float:
-        """The moving-average reward b (NaN before the first update)."""
+        """The moving-average reward (NaN before the first update; the b of `moving_average`)."""
         return float(self._baseline)
 
     def to(self, device: torch.device | str) -> AdaptivePolicy:
@@ -164,24 +178,31 @@ class AdaptivePolicy:
     def update(self, x: Tensor, ks: Tensor, rewards: Tensor) -> dict[str, Tensor]:
         """One REINFORCE step (eq. 8) making the k with above-baseline reward likelier.
 
-        loss = -mean_i((R_i - b) log p(k_i)) - entropy_weight * H(p); b then moves towards the
-        batch's mean reward (the first call starts it there). Returns 0-d tensors on the policy's
-        device, to read when logging (no device-to-host read here): loss, entropy and expected_k
-        (of the PMF before the step), the new baseline, the mean reward. ks on the CPU are
-        checked there, also without a read from the device.
+        x must be the batch whose PMF the ks were drawn from. loss = -mean_i((R_i - b_i)
+        log p(k_i)) - entropy_weight * H(p); the moving average then moves towards the batch's
+        mean reward (the first call starts it there). Returns 0-d tensors on the policy's device,
+        to read when logging (no device-to-host read here): loss, entropy and expected_k (of the
+        PMF before the step), the mean baseline used, the mean reward. ks on the CPU are checked
+        there, also without a read from the device.
         """
         if ks.shape != (x.shape[0],) or rewards.shape != ks.shape:
             raise ValueError(
                 f"ks and rewards must both have shape [{x.shape[0]}], got {tuple(ks.shape)} "
                 f"and {tuple(rewards.shape)}"
             )
+        if self.leave_one_out and len(ks) < 2:
+            raise ValueError("baseline batch_mean needs a batch of at least 2 samples")
         match = ks.long()[:, None] == self._k_values.to(ks.device)[None, :]
         if not bool(match.any(dim=1).all()):
             raise ValueError(f"ks: every k must be one of {self.k_set}, got {ks.unique().tolist()}")
         index = match.long().argmax(dim=1).to(self.device)
         rewards = rewards.detach().to(self.device, torch.float32)
         mean_reward = rewards.mean()
-        baseline = torch.where(self._baseline.isnan(), mean_reward, self._baseline)
+        moving = torch.where(self._baseline.isnan(), mean_reward, self._baseline)
+        if self.leave_one_out:
+            baseline = (rewards.sum() - rewards) / (len(rewards) - 1)
+        else:
+            baseline = moving.expand_as(rewards)
 
         log_probs = torch.log_softmax(self.net(x), dim=0)
         entropy = -(log_probs.exp() * log_probs).sum()
@@ -192,11 +213,11 @@ class AdaptivePolicy:
 
         # b + (1 - m)(mean - b) rather than m b + (1 - m) mean: a constant reward stays exact,
         # and Adam would blow a rounding residue in R - b up to a full-sized step.
-        self._baseline = torch.lerp(baseline, mean_reward, 1.0 - self.baseline_momentum)
+        self._baseline = torch.lerp(moving, mean_reward, 1.0 - self.baseline_momentum)
         k_values = self._k_values.to(self.device, torch.float32, non_blocking=True)
         expected_k = log_probs.exp() @ k_values
         names = ("loss", "entropy", "baseline", "reward", "expected_k")
-        values = torch.stack([loss, entropy, self._baseline, mean_reward, expected_k]).detach()
+        values = torch.stack([loss, entropy, baseline.mean(), mean_reward, expected_k]).detach()
         return dict(zip(names, values.unbind(), strict=True))
 
     def histogram(self) -> dict[int, int]:
@@ -246,6 +267,7 @@ def build_policy(cfg: PolicyConfig, in_channels: int) -> AdaptivePolicy:
         per_sample=cfg.per_sample,
         entropy_weight=cfg.entropy,
         baseline_momentum=cfg.baseline_momentum,
+        baseline=cfg.baseline,
         alpha=cfg.alpha,
         beta=cfg.beta,
     )

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from ahm_core.config import AHMConfig
 from ahm_core.evaluators import judges, reference_arcface
+from ahm_core.experiment import shares
 from ahm_core.paper import measure_privacy
+from ahm_core.plots import save_k_shares
 from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
 from ahm_core.train import resolve_device
 
@@ -34,10 +36,15 @@ def k_proportions(summary: dict) -> dict[str, float] | None:
     counts: Counter = Counter()
     for record in summary["rounds"]:
         counts.update(record.get("k_histogram", {}))
-    total = sum(counts.values())
-    if not total:
-        return None
-    return {k: round(counts[k] / total, 4) for k in sorted(counts, key=int)}
+    return shares(dict(counts)) if sum(counts.values()) else None
+
+
+def save_round_shares(path: Path, summary: dict) -> Path:
+    """The clients' k shares in every round (what their policies drew), as stacked areas."""
+    rounds = [r for r in summary["rounds"] if r.get("k_histogram")]
+    ks = sorted({k for r in rounds for k in r["k_histogram"]}, key=int)
+    rows = [[shares(r["k_histogram"]).get(k, 0.0) for k in ks] for r in rounds]
+    return save_k_shares(path, [int(k) for k in ks], rows, "round", "k drawn by the clients")
 
 
 def federated_report(
@@ -51,6 +58,9 @@ def federated_report(
     judged = judges(Path(evaluator["checkpoint"]), cfg, resolve_device(cfg.train.device))
     proportions = k_proportions(summary)
     last = summary["rounds"][-1].get("verification", {})
+    final_ks = summary["rounds"][-1].get("k_histogram")
+    if proportions:
+        save_round_shares(out_dir / "k_dynamics.png", summary)
     result = {
         "method": cfg.masking.method,
         "final_accuracy": summary["final_accuracy"],
@@ -58,6 +68,7 @@ def federated_report(
         "untrained_accuracy": summary["rounds"][0]["accuracy"],
         "evaluator_accuracy": evaluator["verification_accuracy"],
         "k_proportions": proportions,
+        "k_proportions_final_round": shares(final_ks) if final_ks else None,
         "privacy": measure_privacy(cfg, proportions, judged, out_dir, log),
         "absent_judges": judged.absent,
     }
@@ -128,7 +139,12 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
     ]
     if result["k_proportions"]:
         lines += [
-            f"k proportions chosen by the clients' policies: {json.dumps(result['k_proportions'])}",
+            "k proportions drawn by the clients' policies (Table 3): over the whole run "
+            f"{json.dumps(result['k_proportions'])}; in the last round "
+            f"{json.dumps(result['k_proportions_final_round'])}. Each client's PMF after every "
+            "policy update is in rounds.json (`k_pmf`).",
+            "",
+            "![k drawn by the clients in every round](k_dynamics.png)",
             "",
         ]
     lines += ["![original / masked render / CGAN reconstruction](cgan.png)", ""]

@@ -5,10 +5,12 @@ FRNet + (MixUp-)ArcFace head -> per-sample loss -> SGD. For `masking_adamixup` t
 network picks each sample's k first, and every `policy.interval` steps it is updated by REINFORCE
 with R = alpha * reward1 + beta * reward2: reward1 is the per-sample loss of the step's own
 forward pass (no recomputation), reward2 the loss of the network after its SGD step on the same
-batch, which is the one-step lookahead FRNet1 of D6 without a copy (its BatchNorm statistics are
-left untouched by that extra forward). The PMF (one per batch) is computed once after each policy
-update and reused until the next, so the strategy network costs one forward and one
-forward-backward per `policy.interval` steps.
+batch, which is the one-step lookahead FRNet1 of D6 without a copy (that extra forward leaves the
+BatchNorm statistics untouched and drops no units). The loss is `policy.reward`'s: Algorithm 1's
+or the margin-free one, both from the same forward. The PMF (one per batch) is computed on each
+update step's batch, so that update's k come from it, and reused until the next update: the
+strategy network costs one forward and one forward-backward per `policy.interval` steps. Every
+PMF is kept: the epoch's metrics list them (`pmfs`), the policy's dynamics.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
+from ahm_core.config import (
+    POLICY_REWARDS,
+    AHMConfig,
+    ConfigError,
+    refuse_changed_config,
+    to_dict,
+)
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
 from ahm_core.evaluate import evaluate_verification
@@ -56,17 +64,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Forward passes inside leave BatchNorm running statistics unchanged (momentum 0)."""
+def lookahead_mode(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside drop no units (dropout in eval mode) and leave BatchNorm running
+    statistics unchanged (momentum 0; the batch's own statistics still normalise it)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    saved = [m.momentum for m in norms], [m.training for m in dropouts]
     for m in norms:
         m.momentum = 0.0
+    for m in dropouts:
+        m.eval()
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved, strict=True):
+        for m, momentum in zip(norms, saved[0], strict=True):
             m.momentum = momentum
+        for m, training in zip(dropouts, saved[1], strict=True):
+            m.train(training)
 
 
 STATE_KEYS = (
@@ -121,6 +135,8 @@ class Trainer:
         # Extra terms added to the mean FR loss of every step, e.g. FedProx's proximal term.
         self.loss_terms: list[Callable[[Trainer], Tensor]] = []
         self._pmf: Tensor | None = None  # the policy's PMF, reused until its next update
+        self.pmfs: list[Tensor] = []  # every PMF computed this epoch, on the CPU
+        self.updates = 0  # policy updates this epoch
 
     @property
     def amp(self) -> bool:
@@ -143,17 +159,20 @@ class Trainer:
             images = torch.where(flip, images.flip(-1), images)
         x = self.masking.encode(images, self.generator)
         ks = None
+        update = self.policy is not None and self.step % self.cfg.policy.interval == 0
         if self.policy is not None:
-            # One PMF per batch, and batches differ little: refresh it once per policy update,
-            # and keep it on the CPU, where the ks are drawn and the mixing coefficients made.
-            if self._pmf is None:
+            # One PMF per batch, and batches differ little: computed on each update step's batch,
+            # reused until the next, and kept on the CPU, where the ks are drawn and the mixing
+            # coefficients made.
+            if update or self._pmf is None:
                 self._pmf = self.policy.pmf(x).cpu()
+                self.pmfs.append(self._pmf)
             ks = self.policy.sample(x, pmf=self._pmf)
         mixed = self.masking.mix(x, labels, ks, self.generator)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         inputs = mixed.x.contiguous(memory_format=fmt)
         with self.autocast():
-            losses = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
+            losses, free = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
         self.optimizer.zero_grad(set_to_none=True)
         loss = losses.mean()
         for term in self.loss_terms:
@@ -164,16 +183,14 @@ class Trainer:
             nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        if self.policy is not None and self.step % self.cfg.policy.interval == 0:
-            with (
-                torch.no_grad(),
-                frozen_batchnorm_stats(self.backbone),
-                self.autocast(),
-            ):
-                lookahead = self.head(self.backbone(inputs), mixed.labels, mixed.coefs)
-            rewards = self.policy.reward(losses.detach().float(), lookahead.float())
+        if update:
+            with torch.no_grad(), lookahead_mode(self.backbone), self.autocast():
+                ahead = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
+            which = POLICY_REWARDS.index(self.cfg.policy.reward)  # in `losses`' order
+            now, later = (losses, free)[which], ahead[which]
+            rewards = self.policy.reward(now.detach().float(), later.float())
             self.last_policy_update = self.policy.update(x, ks, rewards)
-            self._pmf = None
+            self.updates += 1
         self.step += 1
         return losses.detach()
 
@@ -207,6 +224,7 @@ class Trainer:
         self.head.train()
         if self.policy is not None:
             self.policy.reset_histogram()
+            self.pmfs, self.updates = [], 0
         batches = self.loader(faces, items, labels)
         bar = tqdm(
             batches,
@@ -241,6 +259,8 @@ class Trainer:
         }
         if self.policy is not None:
             metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}
+            metrics["pmfs"] = [[round(p, 5) for p in pmf.tolist()] for pmf in self.pmfs]
+            metrics["policy_updates"] = self.updates
             metrics["policy"] = {k: float(v) for k, v in self.last_policy_update.items()}
         return metrics
 

@@ -86,6 +86,22 @@ def _integers(low: Callable[[Limits], int], high: Callable[[Limits], int]) -> Ca
     return check
 
 
+def _reals(low: float, high: float, most: Callable[[Limits], int]) -> Callable:
+    one = _real(low, high)
+
+    def check(value: Any, limits: Limits) -> list[float]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list of numbers, got {value!r}")
+        if len(value) > most(limits):
+            raise ValueError(f"expected at most {most(limits)} numbers, got {len(value)}")
+        return [one(v, limits) for v in value]
+
+    return check
+
+
+PMF_TOLERANCE = 1e-3  # how far from 1 a reported PMF (rounded to 5 digits) may sum
+
+
 # name -> (check, default; None: required)
 TRAIN_METRICS: dict[str, tuple[Callable, Any]] = {
     "num-examples": (_integer(lambda _: 1, lambda lim: lim.max_examples), None),
@@ -95,6 +111,8 @@ TRAIN_METRICS: dict[str, tuple[Callable, Any]] = {
     "train-seconds": (_real(0.0), 0.0),
     "k-values": (_integers(lambda _: 2, lambda lim: lim.max_k), []),
     "k-counts": (_integers(lambda _: 0, lambda lim: lim.max_samples), []),
+    # one PMF per policy update (at most one update per image), each over k-values
+    "k-pmf": (_reals(0.0, 1.0, lambda lim: lim.max_samples * (lim.max_k - 1)), []),
     "num-partitions": (_integer(lambda _: 1, lambda lim: lim.num_partitions), 0),  # its view
     # client-side adaptive DP: Flower's clipping mod says whether it clipped this update
     "norm_bit": (_integer(lambda _: 0, lambda _: 1), 0),
@@ -174,6 +192,7 @@ def check_train(msg: Message, expected: Template, limits: Limits) -> TrainReply:
     metrics = _metrics(msg, TRAIN_METRICS, limits)
     if len(metrics["k-values"]) != len(metrics["k-counts"]):
         raise RejectedError("metrics", "k-values and k-counts differ in length")
+    pmf_rows(metrics)
     state = {}
     for key, (shape, dtype) in expected.items():
         value = torch.from_numpy(_decode(key, arrays[key], shape, dtype))
@@ -181,6 +200,19 @@ def check_train(msg: Message, expected: Template, limits: Limits) -> TrainReply:
             raise RejectedError("non_finite", f"{key} holds NaN or Inf")
         state[key] = value
     return TrainReply(msg, msg.metadata.src_node_id, metrics["partition-id"], state, metrics)
+
+
+def pmf_rows(metrics: Mapping[str, Any]) -> list[list[float]]:
+    """The reply's k-pmf as one row per policy update over its k-values, each summing to 1;
+    raises `RejectedError`."""
+    flat, width = metrics["k-pmf"], len(metrics["k-values"])
+    if flat and (width == 0 or len(flat) % width):
+        raise RejectedError("metrics", f"k-pmf: {len(flat)} numbers are not rows of {width} k")
+    rows = [flat[i : i + width] for i in range(0, len(flat), width)]
+    for i, row in enumerate(rows):
+        if abs(sum(row) - 1.0) > PMF_TOLERANCE:
+            raise RejectedError("metrics", f"k-pmf: row {i} sums to {sum(row):.4g}, expected 1")
+    return rows
 
 
 def check_evaluate(msg: Message, limits: Limits) -> dict[str, Any]:

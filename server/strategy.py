@@ -56,7 +56,15 @@ from flwr.serverapp.strategy import (
 from ahm_core.config import AHMConfig, ConfigError, FederationConfig
 from ahm_core.io import atomic_write
 from ahm_core.screening import bounded_weights, screen_round
-from server.replies import Limits, RejectedError, TrainReply, check_evaluate, check_train, template
+from server.replies import (
+    Limits,
+    RejectedError,
+    TrainReply,
+    check_evaluate,
+    check_train,
+    pmf_rows,
+    template,
+)
 
 
 def _fedopt(f: FederationConfig, cfg: AHMConfig) -> dict[str, Any]:
@@ -155,6 +163,7 @@ class RoundStats:
     train_wall: float = 0.0
     train: dict[str, float] = field(default_factory=dict)
     k_histogram: dict[str, int] = field(default_factory=dict)
+    k_pmf: dict[str, list[list[float]]] = field(default_factory=dict)  # by partition, per update
     client_accuracy: float | None = None
     updates: list[dict[str, Any]] = field(default_factory=list)  # each reply's verdict
 
@@ -270,6 +279,9 @@ class Guarded(Strategy):
                     self._reject(reply.node, verdict.reason, detail)
             checked = [c for c, v in zip(checked, verdicts, strict=True) if v.reason is None]
         stats.accepted = len(checked)
+        stats.k_pmf = {
+            str(c.partition_id): pmf_rows(c.metrics) for c in checked if c.metrics["k-pmf"]
+        }
         if not checked:
             log(WARNING, "round %d: no update passed; the global model stays", number)
             return None, None

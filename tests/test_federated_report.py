@@ -33,12 +33,13 @@ TINY = {
     "attack.lpips_calibrated": False,
     "attack.judges": ("own",),
 }
-SUMMARY = {  # what rounds.json holds after one round
+SUMMARY = {  # what rounds.json holds after two rounds
     "final_accuracy": 0.6,
     "rounds": [
         {"round": 0, "accuracy": 0.5},
+        {"round": 1, "accuracy": 0.55, "k_histogram": {"2": 10, "3": 10}},
         {
-            "round": 1,
+            "round": 2,
             "accuracy": 0.6,
             "k_histogram": {"2": 30, "3": 10},
             "train": {"loss": 3.0},
@@ -57,7 +58,9 @@ def test_federated_report(tmp_path):
     path = federated_report(cfg, SUMMARY, tmp_path, log=lambda line: None)
     text = path.read_text()
     assert "Final verification accuracy 0.600 [0.500, 0.700] (untrained 0.500;" in text
-    assert 'k proportions chosen by the clients\' policies: {"2": 0.75, "3": 0.25}' in text
+    assert 'over the whole run {"2": 0.6667, "3": 0.3333}; in the last round {"2": 0.75,' in text
+    assert "![k drawn by the clients in every round](k_dynamics.png)" in text
+    assert (tmp_path / "k_dynamics.png").stat().st_size > 1000
     result = json.loads((tmp_path / "report.json").read_text())
     cgan = result["privacy"]["attacks"]["cgan"]
     assert cgan["count"] == 12 and (tmp_path / "cgan.png").is_file()

@@ -78,6 +78,8 @@ def test_a_local_round_trains_only_the_backbone_it_shares():
     m = result.metrics
     assert m["num-examples"] == len(client.items) and m["partition-id"] == 0
     assert m["k-values"] == [2, 3] and sum(m["k-counts"]) > 0
+    rows = [m["k-pmf"][i : i + 2] for i in range(0, len(m["k-pmf"]), 2)]  # one per update
+    assert rows and all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in rows)
     assert 0 < m["loss"] < 100 and m["images-per-s"] > 0
     local = local_evaluate(cfg, data, client, masking, result.shared)
     assert local["num-examples"] == len(client.val_pairs) and 0 <= local["accuracy"] <= 1

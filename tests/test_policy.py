@@ -157,11 +157,40 @@ def test_baseline_starts_at_the_first_mean_then_moves_with_momentum():
     assert math.isnan(policy.baseline)
     x = batch(n=4, size=16)
     ks = torch.tensor([2, 3, 4, 5])
-    means = []
+    used = []
     for rewards in ([1.0, 3.0, 2.0, 2.0], [4.0, 4.0, 4.0, 4.0], [6.0, 6.0, 6.0, 6.0]):
-        means.append(float(policy.update(x, ks, torch.tensor(rewards))["baseline"]))
-    assert means == pytest.approx([2.0, 2.2, 2.58])
+        used.append(float(policy.update(x, ks, torch.tensor(rewards))["baseline"]))
+    assert used == pytest.approx([2.0, 2.0, 2.2])  # each update subtracts the one before it
     assert policy.baseline == pytest.approx(2.58)
+
+
+def test_batch_mean_baseline_is_the_mean_of_the_other_samples():
+    policy = make_policy(baseline="batch_mean", entropy=0.0)
+    x, ks = batch(n=4, size=16), torch.tensor([2, 3, 4, 5])
+    rewards = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    log_probs = torch.log_softmax(policy.net(x), dim=0).detach()
+    stats = policy.update(x, ks, rewards)
+    others = (rewards.sum() - rewards) / 3  # 11/3, 3, 10/3, 2
+    expected = -((rewards - others) * log_probs[ks - 2]).mean()
+    assert float(stats["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(stats["baseline"]) == pytest.approx(float(rewards.mean()))
+
+
+def test_batch_mean_baseline_follows_a_falling_reward_that_the_moving_average_trails():
+    # Every batch's rewards are equal but fall from batch to batch: no k is better than another.
+    moving, loo = make_policy(entropy=0.0), make_policy(baseline="batch_mean", entropy=0.0)
+    x, ks = batch(n=4, size=16), torch.tensor([2, 2, 5, 5])
+    start = moving.pmf(x)
+    for level in (10.0, 8.0, 6.0, 4.0):
+        for policy in (moving, loo):
+            policy.update(x, ks, torch.full((4,), level))
+    torch.testing.assert_close(loo.pmf(x), start)  # nothing learnt from nothing
+    assert not torch.allclose(moving.pmf(x), start, atol=1e-4)  # the trailing b taught it
+
+
+def test_batch_mean_baseline_needs_per_sample_k():
+    with pytest.raises(ValueError, match="per-sample"):
+        make_policy(baseline="batch_mean", per_sample=False)
 
 
 def test_update_rejects_unknown_k_and_bad_shapes():

@@ -33,6 +33,7 @@ def metrics(partition: int, **extra) -> dict:
         "train-seconds": 1.5,
         "k-values": [2, 3],
         "k-counts": [30, 10],
+        "k-pmf": [0.5, 0.5, 0.25, 0.75],
         **extra,
     }
 
@@ -106,6 +107,15 @@ BAD_TRAIN = {
     "k lists of two lengths": (content(values=metrics(4, **{"k-counts": [1, 2, 3]})), "metrics"),
     "k of 1": (content(values=metrics(4, **{"k-values": [1, 2]})), "metrics"),
     "k beyond the set": (content(values=metrics(4, **{"k-values": [2, 99]})), "metrics"),
+    "a PMF not summing to 1": (content(values=metrics(4, **{"k-pmf": [0.9, 0.9]})), "metrics"),
+    "a PMF cut mid-row": (content(values=metrics(4, **{"k-pmf": [0.5, 0.5, 1.0]})), "metrics"),
+    "a negative probability": (content(values=metrics(4, **{"k-pmf": [1.5, -0.5]})), "metrics"),
+    "a NaN probability": (content(values=metrics(4, **{"k-pmf": [float("nan"), 1.0]})), "metrics"),
+    "a PMF without k": (
+        content(values=metrics(4, **{"k-values": [], "k-counts": [], "k-pmf": [1.0]})),
+        "metrics",
+    ),
+    "more PMFs than images": (content(values=metrics(4, **{"k-pmf": [0.5] * 10**6})), "metrics"),
     "no partition-id": (
         content(values={k: v for k, v in metrics(4).items() if k != "partition-id"}),
         "metrics",

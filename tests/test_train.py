@@ -2,6 +2,7 @@ import collections
 import contextlib
 import itertools
 import json
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +13,7 @@ from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.experiment import run_centralized
 from ahm_core.masking import build_masking
-from ahm_core.train import Trainer, _poly_with_warmup, frozen_batchnorm_stats
+from ahm_core.train import Trainer, _poly_with_warmup, lookahead_mode
 
 TINY = {
     "data.image_size": 32,
@@ -56,6 +57,10 @@ def test_adaptive_training_logs_k_and_updates_the_policy():
     assert sum(metrics["k_histogram"].values()) == steps * 16  # one k per sample
     assert set(metrics["k_histogram"]) <= {"2", "3", "4"}
     assert set(metrics["policy"]) >= {"loss", "entropy", "baseline"}
+    # One PMF per policy update (interval 2), each a distribution over k_set.
+    assert len(metrics["pmfs"]) == math.ceil(steps / 2)
+    for pmf in metrics["pmfs"]:
+        assert len(pmf) == 3 and sum(pmf) == pytest.approx(1.0, abs=1e-4)
     report = trainer.verify(faces, split.pairs)
     assert 0.0 <= report["accuracy"] <= 1.0 and report["pairs"] == len(split.pairs)
 
@@ -83,13 +88,66 @@ def test_training_reduces_the_loss():
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
 
 
-def test_frozen_batchnorm_stats():
-    bn = torch.nn.BatchNorm1d(3)
-    with frozen_batchnorm_stats(bn):
-        bn(torch.randn(8, 3) + 5)
+def test_lookahead_mode_freezes_batchnorm_statistics_and_drops_no_units():
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Dropout(0.5)).train()
+    bn = net[0]
+    x = torch.randn(8, 3) + 5
+    with lookahead_mode(net):
+        out, again = net(x), net(x)
+    assert torch.equal(out, again)  # no dropout mask: the same reward twice
+    # The batch's own statistics normalised it, as in training: mean 0 per feature.
+    torch.testing.assert_close(out.mean(dim=0), torch.zeros(3), atol=1e-5, rtol=0)
     assert torch.equal(bn.running_mean, torch.zeros(3)) and bn.momentum == 0.1
-    bn(torch.randn(8, 3) + 5)
+    assert net.training and net[1].training
+    bn(x)
     assert bn.running_mean.abs().sum() > 0
+    assert not torch.equal(net(x), net(x))  # dropout is back
+
+
+@pytest.mark.parametrize("reward", ["loss", "margin_free"])
+def test_the_policy_is_rewarded_with_the_configured_loss_of_both_networks(reward, faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny("masking_adamixup", **{"policy.reward": reward, "policy.interval": 1})
+    trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+    seen = {}
+
+    def head_losses(embeddings, mixed_labels, coefs):
+        pair = type(trainer.head).losses(trainer.head, embeddings, mixed_labels, coefs)
+        seen.setdefault("losses", []).append(tuple(p.detach() for p in pair))
+        return pair
+
+    def combine(reward1, reward2):
+        seen["rewards"] = (reward1, reward2)
+        return reward1 + reward2
+
+    trainer.head.losses = head_losses
+    trainer.policy.reward = combine
+    trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
+    (step_margin, step_free), (ahead_margin, ahead_free) = seen["losses"]
+    which = {"loss": (step_margin, ahead_margin), "margin_free": (step_free, ahead_free)}
+    for got, expected in zip(seen["rewards"], which[reward], strict=True):
+        torch.testing.assert_close(got, expected.float())
+    assert bool((step_free < step_margin).all())  # the margin only ever raises the loss
+
+
+def test_each_update_takes_log_probabilities_from_the_pmf_its_k_were_drawn_from(faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny("masking_adamixup", **{"policy.interval": 3, "policy.lr": 0.05})
+    trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+    update, checked = trainer.policy.update, []
+
+    def checked_update(x, ks, rewards):
+        # The PMF of the batch being learnt from, with the network as it drew: the cached one.
+        torch.testing.assert_close(trainer.policy.pmf(x).cpu(), trainer._pmf)
+        checked.append(len(trainer.pmfs))
+        return update(x, ks, rewards)
+
+    trainer.policy.update = checked_update
+    for step in range(7):  # a new batch every step
+        rows = slice(16 * (step % 6), 16 * (step % 6) + 16)
+        trainer.train_step(faces.images_uint8(train[rows]), labels[rows])
+    assert checked == [1, 2, 3]  # updates at steps 0, 3, 6, each on a PMF of its own step
+    assert len(trainer.pmfs) == 3 and not torch.equal(trainer.pmfs[0], trainer.pmfs[2])
 
 
 def test_schedule_warms_up_then_decays():
@@ -105,9 +163,14 @@ def test_centralized_run_writes_metrics_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["verification_accuracy"] == metrics["verification_accuracy"]
     assert set(saved["k_proportions"]) <= {"2", "3", "4"}
+    assert saved["k_proportions_final_epoch"] == saved["k_proportions"]  # one epoch so far
+    assert (tmp_path / "k_dynamics.png").stat().st_size > 1000
     assert saved["checkpoint"] == str(tmp_path / "checkpoint.pt")
     more = run_centralized(apply_overrides(cfg, {"train.epochs": 2}), tmp_path)
     assert more["epochs"] == 2 and len(more["history"]) == 2
+    last = json.loads(json.dumps(more["history"][-1]["k_histogram"]))
+    total = sum(last.values())
+    assert more["k_proportions_final_epoch"] == {k: round(v / total, 4) for k, v in last.items()}
 
 
 def test_dp_run_fits_its_eigenfaces_on_training_images(tmp_path):
@@ -207,7 +270,7 @@ def test_a_policy_interval_adds_one_backbone_forward_and_two_policy_forwards(fac
     calls = collections.Counter()
     trainer.backbone.register_forward_hook(lambda *_: calls.update(["backbone"]))
     trainer.policy.net.register_forward_hook(lambda *_: calls.update(["policy"]))
-    for _ in range(8):  # policy updates at steps 0 and 4, each followed by one PMF forward
+    for _ in range(8):  # policy updates at steps 0 and 4, each on a PMF of its own batch
         trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
     # The reward of the step's own loss reuses its forward; the lookahead is the updated network.
-    assert calls == {"backbone": 8 + 2, "policy": 1 + 2 + 2}
+    assert calls == {"backbone": 8 + 2, "policy": 2 + 2}

@@ -7,6 +7,10 @@ coefficient marks an absent component), the logits are
 
 and the loss is sum_j l_ij * CE(logits_i, y_ij). Components sharing a label add up. ArcFace is
 the one-component case (l = 1). The margin math runs in float32, also under bf16 autocast.
+
+`losses` also gives the margin-free MixUp loss, sum_j l_ij * CE(s * cos_i, y_ij) (m = 0, same
+scale and cosines): the adaptive policy's `margin_free` reward, free of the margin term that
+Algorithm 1 weights by l_ij twice (once in the logits, once in the loss).
 """
 
 from __future__ import annotations
@@ -63,11 +67,21 @@ class MixUpArcFace(nn.Module):
 
     def forward(self, embeddings: Tensor, labels: Tensor, coefs: Tensor) -> Tensor:
         """Per-sample loss [N]: sum_j coefs[:, j] * CE(logits, labels[:, j])."""
-        log_probs = F.log_softmax(self._logits(embeddings, labels, coefs), dim=1)
-        return -(coefs.float() * log_probs.gather(1, labels)).sum(dim=1)
+        return _soft_cross_entropy(self._logits(embeddings, labels, coefs), labels, coefs)
+
+    def losses(self, embeddings: Tensor, labels: Tensor, coefs: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample Algorithm 1 loss and margin-free loss [N] (m = 0), from one cosine."""
+        cos, logits = self._cos_logits(embeddings, labels, coefs)
+        free = _soft_cross_entropy(cos * self.scale, labels, coefs)
+        return _soft_cross_entropy(logits, labels, coefs), free
 
     # Subclasses narrow `logits`/`forward`; both call this one implementation.
     def _logits(self, embeddings: Tensor, labels: Tensor, coefs: Tensor) -> Tensor:
+        return self._cos_logits(embeddings, labels, coefs)[1]
+
+    def _cos_logits(
+        self, embeddings: Tensor, labels: Tensor, coefs: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if labels.ndim != 2 or coefs.shape != labels.shape or len(labels) != len(embeddings):
             raise ValueError(
                 f"labels and coefs: expected equal shapes [N, k] with N={len(embeddings)}, "
@@ -76,7 +90,7 @@ class MixUpArcFace(nn.Module):
         cos = self.cosine(embeddings)
         target = cos.gather(1, labels)
         shift = coefs.float() * (self._margin(target) - target)
-        return cos.scatter_add(1, labels, shift) * self.scale
+        return cos, cos.scatter_add(1, labels, shift) * self.scale
 
 
 class ArcFace(MixUpArcFace):
@@ -89,6 +103,12 @@ class ArcFace(MixUpArcFace):
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
         """Per-sample ArcFace loss [N] for labels [N]."""
         return super().forward(embeddings, *_single(labels))
+
+
+def _soft_cross_entropy(logits: Tensor, labels: Tensor, coefs: Tensor) -> Tensor:
+    """sum_j coefs[:, j] * CE(logits, labels[:, j]) per sample, [N]."""
+    log_probs = F.log_softmax(logits, dim=1)
+    return -(coefs.float() * log_probs.gather(1, labels)).sum(dim=1)
 
 
 def _single(labels: Tensor) -> tuple[Tensor, Tensor]:
