@@ -29,6 +29,7 @@ from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
 DP_FIT_IMAGES = 2048
+MARKED_EPOCHS = 20  # the k-dynamics plot marks epoch boundaries in runs of fewer epochs
 
 
 def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) -> dict:
@@ -135,6 +136,7 @@ def save_k_dynamics(path: Path, cfg: AHMConfig, history: list[dict]) -> Path:
     """The policy's PMF at every update of the run, as k shares over training (epochs dotted)."""
     pmfs = [pmf for epoch in history for pmf in epoch.get("pmfs", [])]
     marks = list(itertools.accumulate(len(epoch.get("pmfs", [])) for epoch in history))[:-1]
+    marks = marks if len(marks) < MARKED_EPOCHS else []  # past that, lines would hide the areas
     reward = f"reward {cfg.policy.reward}, {len(pmfs)} PMFs, lr {cfg.policy.lr:g}"
     return save_k_shares(
         path, cfg.policy.k_set, pmfs, "policy update", f"PMF over k ({reward})", marks

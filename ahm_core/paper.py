@@ -66,6 +66,7 @@ PAIRED = [
     ("Masking+MixUp (k=2)", "Masking+MixUp (k=4)"),
     ("Masking+MixUp (k=2)", "Masking+MixUp (k=6)"),
     ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)"),
+    ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=6)"),
     ("PPFR-FD", "ArcFace"),
 ]
 TABLE1_RGB = [
