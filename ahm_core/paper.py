@@ -243,7 +243,8 @@ def write_tables(
         f"## Table 3: average proportion of each k (Masking+AdaMixUp, reward {reward})",
         "",
         "The shares of the k the policy drew, over the whole run and in its final epoch, and "
-        "below each row the PMF after every policy update.",
+        "below each row the PMF each policy update drew its k from (the first is the untrained "
+        "policy's; each next one follows an update).",
         "",
         Table(
             ["Method", "whole run", "final epoch", "policy updates"],

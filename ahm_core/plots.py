@@ -57,9 +57,11 @@ def save_k_shares(
     xlabel: str,
     title: str,
     marks: Sequence[float] = (),
+    first: int = 0,
 ) -> Path:
     """The share of each k over training as stacked areas (one column of `shares` per k, one row
-    per point in time), with dotted vertical lines at `marks` (epoch or round boundaries)."""
+    per point in time, numbered from `first`), with dotted vertical lines at `marks` (epoch
+    boundaries)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,10 +69,12 @@ def save_k_shares(
 
     columns = list(zip(*shares, strict=True))
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.stackplot(range(len(shares)), columns, labels=[f"k={k}" for k in k_values], alpha=0.85)
+    points = range(first, first + len(shares))
+    ax.stackplot(points, columns, labels=[f"k={k}" for k in k_values], alpha=0.85)
     for mark in marks:
         ax.axvline(mark, color="black", linestyle=":", linewidth=0.8)
-    ax.set(xlim=(0, max(1, len(shares) - 1)), ylim=(0, 1), xlabel=xlabel, ylabel="share")
+    ax.set(xlim=(first, max(first + 1, points[-1])), ylim=(0, 1), xlabel=xlabel, ylabel="share")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()

@@ -206,7 +206,9 @@ def pmf_rows(metrics: Mapping[str, Any]) -> list[list[float]]:
     """The reply's k-pmf as one row per policy update over its k-values, each summing to 1;
     raises `RejectedError`."""
     flat, width = metrics["k-pmf"], len(metrics["k-values"])
-    if flat and (width == 0 or len(flat) % width):
+    if not flat:  # a method without a policy
+        return []
+    if width == 0 or len(flat) % width:
         raise RejectedError("metrics", f"k-pmf: {len(flat)} numbers are not rows of {width} k")
     rows = [flat[i : i + width] for i in range(0, len(flat), width)]
     for i, row in enumerate(rows):

@@ -87,7 +87,7 @@ def test_flwr_run_trains_captures_and_exports_metrics(tmp_path):
         assert (r["sampled"], r["succeeded"], r["failed"], r["accepted"]) == (2, 2, 0, 2)
         assert r["train"]["weight"] > 0 and 0 < r["client_accuracy"] <= 1
         assert set(r["k_histogram"]) == {"2", "3"}
-        assert set(r["k_pmf"]) == {"0", "1"}  # each client's PMF after every policy update
+        assert set(r["k_pmf"]) == {"0", "1"}  # each client's PMF at every policy update
         assert all(len(row) == 2 for rows in r["k_pmf"].values() for row in rows)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["round"] == 2 and saved["history"] == json.loads(json.dumps(rounds))

@@ -118,13 +118,14 @@ def test_small_profile_on_orl(tmp_path, shared_data):
 
 @pytest.mark.slow
 def test_the_study_separates_the_methods(tmp_path):
-    """The study of docs/results.md (about 90 minutes on 2 cores): ArcFace above every masked
-    row beyond both intervals, and every adaptive row trained its policy 300 times or more."""
+    """The study of docs/results.md (about an hour on 2 cores): ArcFace above every mixing and
+    DP row beyond both intervals (PPFR-FD alone matches it, as in the paper: 99.30 against
+    99.38), and every adaptive row trained its policy 300 times or more."""
     results = run_tables(config("profile=study"), tmp_path)
     check_report(results, tmp_path)
     top = results["ArcFace"]["accuracy_ci95"][0]
     for name, r in results.items():
-        if name != "ArcFace":
+        if name not in ("ArcFace", "PPFR-FD"):
             assert r["accuracy_ci95"][1] < top, name
         if r.get("k_proportions"):
             assert r["policy_updates"] >= 300, name

@@ -239,6 +239,13 @@ def test_the_clean_round_averages_every_honest_reply_in_the_models_dtypes():
     assert CLEAN["backbone.n"].numpy() == 9
     assert stats.train["weight"] == sum(40 + p for p in range(HONEST + 1))
     assert stats.k_histogram == {"2": 150, "3": 50}
+    assert stats.k_pmf == {str(p): [[0.5, 0.5], [0.25, 0.75]] for p in range(HONEST + 1)}
+
+
+def test_a_reply_of_a_method_without_a_policy_carries_no_k_and_passes():
+    _, stats = round_of(content(values=metrics(4, **{"k-values": [], "k-counts": [], "k-pmf": []})))
+    assert stats.accepted == HONEST + 1 and not stats.rejected
+    assert "4" not in stats.k_pmf
 
 
 def test_an_error_reply_fails_and_a_round_with_nothing_valid_keeps_the_global_model():
