@@ -143,7 +143,7 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
         lines += [
             "k proportions drawn by the clients' policies (Table 3): over the whole run "
             f"{json.dumps(result['k_proportions'])}; in the last round "
-            f"{json.dumps(result['k_proportions_final_round'])}. Each client's PMF after every "
+            f"{json.dumps(result['k_proportions_final_round'])}. Each client's PMF at every "
             "policy update is in rounds.json (`k_pmf`).",
             "",
             "![k drawn by the clients in every round](k_dynamics.png)",
