@@ -157,7 +157,6 @@ def write_tables(
     _scatter(scores, out_dir / "privacy_accuracy.png")
     acc = {n: r["accuracy"] for n, r in results.items()}
     adaptive = {n: r for n, r in results.items() if r.get("k_proportions")}
-    reward = cfg.policy.reward
     judged = next((list(r["ceilings"]) for r in masked.values()), [OWN])  # own first
     md: list[str | Table] = [
         f"# Paper tables on {cfg.data.source} faces ({cfg.data.image_size} px)",
@@ -240,7 +239,7 @@ def write_tables(
             [paired_row(a, b, results[a], results[b]) for a, b in PAIRED if {a, b} <= set(results)],
         ),
         "",
-        f"## Table 3: average proportion of each k (Masking+AdaMixUp, reward {reward})",
+        f"## Table 3: average proportion of each k (Masking+AdaMixUp, reward {cfg.policy.reward})",
         "",
         "The shares of the k the policy drew, over the whole run and in its final epoch, and "
         "below each row the PMF each policy update drew its k from (the first is the untrained "

@@ -45,8 +45,8 @@ def save_round_shares(path: Path, summary: dict) -> Path:
     ks = sorted({k for r in rounds for k in r["k_histogram"]}, key=int)
     rows = [[shares(r["k_histogram"]).get(k, 0.0) for k in ks] for r in rounds]
     first = rounds[0]["round"] if rounds else 1
-    ks_drawn = [int(k) for k in ks]
-    return save_k_shares(path, ks_drawn, rows, "round", "k drawn by the clients", first=first)
+    title = "k drawn by the clients"
+    return save_k_shares(path, [int(k) for k in ks], rows, "round", title, first=first)
 
 
 def federated_report(

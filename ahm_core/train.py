@@ -69,7 +69,7 @@ def lookahead_mode(model: nn.Module) -> Iterator[None]:
     statistics unchanged (momentum 0; the batch's own statistics still normalise it)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    saved = [m.momentum for m in norms], [m.training for m in dropouts]
+    momenta, training = [m.momentum for m in norms], [m.training for m in dropouts]
     for m in norms:
         m.momentum = 0.0
     for m in dropouts:
@@ -77,10 +77,10 @@ def lookahead_mode(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved[0], strict=True):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-        for m, training in zip(dropouts, saved[1], strict=True):
-            m.train(training)
+        for m, mode in zip(dropouts, training, strict=True):
+            m.train(mode)
 
 
 STATE_KEYS = (
@@ -118,6 +118,7 @@ class Trainer:
         self.policy = None
         if masking.mixing == "adaptive":
             self.policy = build_policy(cfg.policy, masking.in_channels).to(self.device)
+        self._reward = POLICY_REWARDS.index(cfg.policy.reward)  # in `MixUpArcFace.losses`' order
         t = cfg.train
         self.optimizer = torch.optim.SGD(
             [*self.backbone.parameters(), *self.head.parameters()],
@@ -172,7 +173,12 @@ class Trainer:
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         inputs = mixed.x.contiguous(memory_format=fmt)
         with self.autocast():
-            losses, free = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
+            embeddings = self.backbone(inputs)
+            if update:  # the policy's reward needs both losses of this forward
+                both = self.head.losses(embeddings, mixed.labels, mixed.coefs)
+                losses = both[0]
+            else:
+                losses = self.head(embeddings, mixed.labels, mixed.coefs)
         self.optimizer.zero_grad(set_to_none=True)
         loss = losses.mean()
         for term in self.loss_terms:
@@ -186,8 +192,7 @@ class Trainer:
         if update:
             with torch.no_grad(), lookahead_mode(self.backbone), self.autocast():
                 ahead = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
-            which = POLICY_REWARDS.index(self.cfg.policy.reward)  # in `losses`' order
-            now, later = (losses, free)[which], ahead[which]
+            now, later = both[self._reward], ahead[self._reward]
             rewards = self.policy.reward(now.detach().float(), later.float())
             self.last_policy_update = self.policy.update(x, ks, rewards)
             self.updates += 1

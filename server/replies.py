@@ -44,13 +44,15 @@ class Limits(NamedTuple):
 
 
 class TrainReply(NamedTuple):
-    """A train reply that passed: its message, node, partition, arrays and canonical metrics."""
+    """A train reply that passed: its message, node, partition, arrays, canonical metrics and its
+    policy's PMFs (one row per update over k-values; none for a method without a policy)."""
 
     message: Message
     node: int
     partition_id: int
     state: dict[str, Tensor]
     metrics: dict[str, Any]
+    k_pmf: list[list[float]]
 
 
 def _integer(low: Callable[[Limits], int], high: Callable[[Limits], int]) -> Callable:
@@ -192,14 +194,15 @@ def check_train(msg: Message, expected: Template, limits: Limits) -> TrainReply:
     metrics = _metrics(msg, TRAIN_METRICS, limits)
     if len(metrics["k-values"]) != len(metrics["k-counts"]):
         raise RejectedError("metrics", "k-values and k-counts differ in length")
-    pmf_rows(metrics)
+    k_pmf = pmf_rows(metrics)
     state = {}
     for key, (shape, dtype) in expected.items():
         value = torch.from_numpy(_decode(key, arrays[key], shape, dtype))
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise RejectedError("non_finite", f"{key} holds NaN or Inf")
         state[key] = value
-    return TrainReply(msg, msg.metadata.src_node_id, metrics["partition-id"], state, metrics)
+    node, partition = msg.metadata.src_node_id, metrics["partition-id"]
+    return TrainReply(msg, node, partition, state, metrics, k_pmf)
 
 
 def pmf_rows(metrics: Mapping[str, Any]) -> list[list[float]]:

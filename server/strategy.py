@@ -62,7 +62,6 @@ from server.replies import (
     TrainReply,
     check_evaluate,
     check_train,
-    pmf_rows,
     template,
 )
 
@@ -279,9 +278,7 @@ class Guarded(Strategy):
                     self._reject(reply.node, verdict.reason, detail)
             checked = [c for c, v in zip(checked, verdicts, strict=True) if v.reason is None]
         stats.accepted = len(checked)
-        stats.k_pmf = {
-            str(c.partition_id): pmf_rows(c.metrics) for c in checked if c.metrics["k-pmf"]
-        }
+        stats.k_pmf = {str(c.partition_id): c.k_pmf for c in checked if c.k_pmf}
         if not checked:
             log(WARNING, "round %d: no update passed; the global model stays", number)
             return None, None
