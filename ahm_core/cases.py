@@ -116,19 +116,22 @@ def build_case(
     folder: Path,
     device: torch.device,
     proportions: dict[int, float] | None = None,
+    first_stage: dict[str, Tensor] | None = None,
     **holdings: Any,
 ) -> Case:
     """The case of `cfg.masking.method` on `faces`: its pipeline fitted on `train` as the run was,
     enough victims for every attack's budget, and the adaptive method's k shares (the policy's
-    measured ones, else uniform over `policy.k_set`). `holdings`: `start`, `released`, `shared`."""
+    measured ones, else uniform over `policy.k_set`); a trained first stage takes its trained
+    `first_stage` state (else it is attacked untrained). `holdings`: `start`, `released`,
+    `shared`."""
     a = cfg.attack
-    pipeline = masking_for_run(cfg, faces, train)
+    pipeline = masking_for_run(cfg, faces, train, first_stage)
     count = max(a.victims, a.gi_batch, a.demix_images)
     split = attack_split(
         train, faces.labels, pairs, count, a.gallery_per_identity, a.aux_images, cfg.train.seed
     )
     shares = None
-    if pipeline.mixing == "adaptive":
+    if pipeline.batch_mix == "adaptive":
         shares = {int(k): float(v) for k, v in (proportions or {}).items()}
         shares = shares or dict.fromkeys(cfg.policy.k_set, 1.0)
     return Case(cfg, pipeline, faces, split, device, folder, shares, **holdings)

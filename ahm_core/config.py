@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from ahm_core.freq import BLOCK, UPSAMPLE_FACTORS
+from ahm_core.freq import BLOCK
 
 
 class ConfigError(ValueError):
@@ -23,22 +23,24 @@ class ConfigError(ValueError):
 
 
 class MethodSpec(NamedTuple):
-    """What a method of the paper's Tables 1-2 does to a batch: its input domain and mixing."""
+    """A method of the paper's tables: a first stage composed with a mix of images in a batch."""
 
-    domain: str  # "rgb" | "bdct" (all 64 block-DCT channels) | "ppfr" (PPFR-FD) | "dp"
-    mixing: str | None  # None | "mixup" | "instahide" | "adaptive" (k per sample from the policy)
+    first_stage: str  # a key of ahm_core.masking.FIRST_STAGES
+    batch_mix: str | None  # None | "mixup" | "instahide" | "adaptive" (k per sample, the policy)
 
 
 METHODS: dict[str, MethodSpec] = {
     "arcface": MethodSpec("rgb", None),
-    "ppfr_fd": MethodSpec("ppfr", None),
+    "ppfr_fd": MethodSpec("ppfr_fd", None),
     "mixup_fd": MethodSpec("bdct", "mixup"),
     "instahide_fd": MethodSpec("bdct", "instahide"),
     "dp": MethodSpec("dp", None),
-    "masking_mixup": MethodSpec("ppfr", "mixup"),
-    "masking_adamixup": MethodSpec("ppfr", "adaptive"),
+    "masking_mixup": MethodSpec("ppfr_fd", "mixup"),
+    "masking_adamixup": MethodSpec("ppfr_fd", "adaptive"),
     "mixup_rgb": MethodSpec("rgb", "mixup"),
     "instahide_rgb": MethodSpec("rgb", "instahide"),
+    "dctdp": MethodSpec("dctdp", None),
+    "dctdp_adamixup": MethodSpec("dctdp", "adaptive"),
 }
 BACKBONES = ("ir_se_50", "ir_se_small")
 POLICY_NETS = ("resnet18", "small")
@@ -47,8 +49,6 @@ POLICY_REWARDS = ("loss", "margin_free")
 # REINFORCE's baseline: a moving average over updates, or the mean of the batch's other samples.
 POLICY_BASELINES = ("moving_average", "batch_mean")
 DATA_SOURCES = ("synthetic", "folder", "insightface")
-KEY_MODES = ("fixed", "per_image")
-CHANNEL_MIXINGS = ("adjacent", "none")
 PARTITIONS = ("identity", "iid", "dirichlet")
 FAULT_MODES = (
     "raise",  # the client fails
@@ -122,17 +122,23 @@ class DataConfig:
 
 @dataclass
 class MaskingConfig:
-    """Which row of the paper's tables, and the PPFR-FD / DP settings (DESIGN D2, Table 2 DP)."""
+    """Which row of the paper's tables, and its first stage's options (each stage's `options`):
+    the block DCT's upsampling; PPFR-FD's (DESIGN D2); the eigenface DP's; DCTDP's."""
 
     method: str = "masking_adamixup"
-    upsample: int = 8
+    upsample: int = 8  # bdct, ppfr_fd, dctdp
     num_channels: int = field(default=AC_CHANNELS, metadata=_positive(max=AC_CHANNELS))
     keys: str = "fixed"
     key_seed: int = field(default=0, metadata=SEED)
-    mixing: str = "adjacent"
+    channel_mixing: str = "adjacent"  # PPFR-FD's mixing of channels: adjacent | none
     eps: float = field(default=1e-8, metadata={"min_open": 0.0})
     dp_epsilon: float = field(default=3.0, metadata={"min_open": 0.0})
     dp_components: int = field(default=128, metadata=_positive())
+    # DCTDP: the total budget its learnt allocation shares out over the 63 AC channels (TFace's
+    # default: 4 per coefficient), the sensitivity in grey levels, and Adam's rate on the budget.
+    dctdp_epsilon: float = field(default=252.0, metadata={"min_open": 0.0})
+    dctdp_sensitivity: float = field(default=1.0, metadata={"min_open": 0.0})
+    dctdp_lr: float = field(default=0.1, metadata={"min_open": 0.0})
 
 
 @dataclass
@@ -263,11 +269,21 @@ class AttackConfig:
     cgan_epochs: int = field(default=5, metadata=_positive())
     cgan_batch_size: int = field(default=16, metadata=_positive())
     cgan_lambda_l1: float = field(default=100.0, metadata={"min": 0.0})
+    # Appendix A.2: the channels the attacker keeps of a frequency-domain tensor (the rest, the
+    # most redundant by the first stage's `drop_order`, removed) before the black-box CGAN.
+    kept_channels: int = field(default=16, metadata=_positive())
     ngf: int = field(default=64, metadata=_positive())
     ndf: int = field(default=64, metadata=_positive())
     lpips_calibrated: bool = True  # False: random AlexNet, every output marked uncalibrated
     # The threat report (ahm_core.threat): the defences compared and each adversary's budget.
-    defences: tuple[str, ...] = ("arcface", "ppfr_fd", "masking_mixup", "masking_adamixup")
+    defences: tuple[str, ...] = (
+        "arcface",
+        "ppfr_fd",
+        "masking_mixup",
+        "masking_adamixup",
+        "dctdp",
+        "dctdp_adamixup",
+    )
     gi_batch: int = field(default=4, metadata={"min": 2})  # images in the inverted update
     gi_iterations: int = field(default=300, metadata=_positive())
     gi_restarts: int = field(default=2, metadata=_positive())
@@ -295,7 +311,8 @@ class AHMConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
 
 
-def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
+def check_choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
+    """Raise `ConfigError` unless `value` is one of `allowed`, naming the option and the choices."""
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(f"{name}: unknown value {value!r}; expected one of {', '.join(allowed)}")
@@ -318,40 +335,38 @@ def _check_bounds(section: str, obj: Any) -> None:
 
 def mixing_ks(cfg: AHMConfig) -> tuple[int, ...]:
     """The k values the configured method can mix with (empty when it does not mix)."""
-    mixing = METHODS[cfg.masking.method].mixing
-    if mixing is None:
+    batch_mix = METHODS[cfg.masking.method].batch_mix
+    if batch_mix is None:
         return ()
-    return tuple(cfg.policy.k_set) if mixing == "adaptive" else (cfg.mixup.k,)
+    return tuple(cfg.policy.k_set) if batch_mix == "adaptive" else (cfg.mixup.k,)
 
 
 def validate(cfg: AHMConfig) -> AHMConfig:
     """Raise `ConfigError` naming the first bad option; return cfg unchanged when it is sound."""
     for section in dataclasses.fields(cfg):
         _check_bounds(section.name, getattr(cfg, section.name))
-    _choice("data.source", cfg.data.source, DATA_SOURCES)
-    _choice("masking.method", cfg.masking.method, METHODS)
-    _choice("masking.keys", cfg.masking.keys, KEY_MODES)
-    _choice("masking.mixing", cfg.masking.mixing, CHANNEL_MIXINGS)
-    _choice("model.backbone", cfg.model.backbone, BACKBONES)
-    _choice("policy.net", cfg.policy.net, POLICY_NETS)
-    _choice("policy.reward", cfg.policy.reward, POLICY_REWARDS)
-    _choice("policy.baseline", cfg.policy.baseline, POLICY_BASELINES)
+    check_choice("data.source", cfg.data.source, DATA_SOURCES)
+    check_choice("masking.method", cfg.masking.method, METHODS)
+    check_choice("model.backbone", cfg.model.backbone, BACKBONES)
+    check_choice("policy.net", cfg.policy.net, POLICY_NETS)
+    check_choice("policy.reward", cfg.policy.reward, POLICY_REWARDS)
+    check_choice("policy.baseline", cfg.policy.baseline, POLICY_BASELINES)
     if cfg.policy.baseline == "batch_mean" and not cfg.policy.per_sample:
         raise ConfigError(
             "policy.baseline: batch_mean needs policy.per_sample=true (with one k per batch every "
             "sample's advantage over the others' mean sums to zero); expected moving_average"
         )
-    _choice("federation.partition", cfg.federation.partition, PARTITIONS)
-    _choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
-    _choice("federation.strategy", cfg.federation.strategy, STRATEGIES)
-    _choice("federation.dp", cfg.federation.dp, DP_MODES)
-    _choice("attack.gi_objective", cfg.attack.gi_objective, GI_OBJECTIVES)
+    check_choice("federation.partition", cfg.federation.partition, PARTITIONS)
+    check_choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
+    check_choice("federation.strategy", cfg.federation.strategy, STRATEGIES)
+    check_choice("federation.dp", cfg.federation.dp, DP_MODES)
+    check_choice("attack.gi_objective", cfg.attack.gi_objective, GI_OBJECTIVES)
     for defence in cfg.attack.defences:
-        _choice("attack.defences", defence, METHODS)
+        check_choice("attack.defences", defence, METHODS)
     if "own" not in cfg.attack.judges:
         raise ConfigError("attack.judges: must include own (the paper's scores use its features)")
     for judge in cfg.attack.judges:
-        _choice("attack.judges", judge, JUDGES)
+        check_choice("attack.judges", judge, JUDGES)
     if not DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(
             f"train.device: unknown device {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N, "
@@ -362,16 +377,10 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     size = cfg.data.image_size
     if cfg.data.source == "synthetic" and not SYNTH_SIZES[0] <= size <= SYNTH_SIZES[1]:
         raise ConfigError(f"data.image_size: synthetic faces take {SYNTH_SIZES}, got {size}")
-    if METHODS[cfg.masking.method].domain in ("bdct", "ppfr"):
-        u = cfg.masking.upsample
-        if u not in UPSAMPLE_FACTORS:
-            raise ConfigError(f"masking.upsample: expected one of {UPSAMPLE_FACTORS}, got {u}")
-        if size % (BLOCK // u) or size < BLOCK // u:
-            raise ConfigError(
-                f"data.image_size: the block DCT with upsample={u} needs a multiple of "
-                f"{BLOCK // u}, got {size}"
-            )
-    from ahm_core.models.backbones import check_stages, stage_blocks  # the models import this
+    from ahm_core.masking import FIRST_STAGES  # these modules import this one
+    from ahm_core.models.backbones import check_stages, stage_blocks
+
+    FIRST_STAGES[METHODS[cfg.masking.method].first_stage].check(cfg)
 
     check_stages(stage_blocks(cfg.model), size)
     if not cfg.policy.k_set:
@@ -380,7 +389,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
         if k < 2:
             raise ConfigError(f"policy.k_set: k must be >= 2 (k images mixed), got {k}")
     ks = mixing_ks(cfg)
-    key = "policy.k_set" if METHODS[cfg.masking.method].mixing == "adaptive" else "mixup.k"
+    key = "policy.k_set" if METHODS[cfg.masking.method].batch_mix == "adaptive" else "mixup.k"
     for k in ks:
         if k > cfg.train.batch_size:
             raise ConfigError(f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}")

@@ -23,12 +23,12 @@ from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.evaluate import benchmark_line
 from ahm_core.io import atomic_write
-from ahm_core.masking import MaskingPipeline, build_masking
+from ahm_core.masking import MaskingPipeline, build_masking, first_stage_of
 from ahm_core.plots import save_k_shares
 from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
-DP_FIT_IMAGES = 2048
+FIT_IMAGES = 2048
 MARKED_EPOCHS = 20  # the k-dynamics plot marks epoch boundaries in runs of fewer epochs
 
 
@@ -74,29 +74,44 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
         )
         for name, report in epoch["benchmarks"].items():
             log.info("epoch %d: %s %s", epoch["epoch"], name, benchmark_line(report))
-        metrics = _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
+        metrics = _write_metrics(
+            out_dir, cfg, masking, history, checkpoint, time.perf_counter() - start
+        )
     if metrics is None:  # a finished run resumed: metrics.json rebuilt from the checkpoint
-        metrics = _write_metrics(out_dir, cfg, history, checkpoint, time.perf_counter() - start)
+        metrics = _write_metrics(
+            out_dir, cfg, masking, history, checkpoint, time.perf_counter() - start
+        )
     return metrics
 
 
-def masking_for_run(cfg: AHMConfig, faces: FaceSet, train: Tensor) -> MaskingPipeline:
-    """The run's masking pipeline; DP fits its eigenfaces on up to 2,048 training images drawn
-    at random (seeded by `data.seed`), so they span the identities, not the first ones."""
+def masking_for_run(
+    cfg: AHMConfig, faces: FaceSet, train: Tensor, trained: dict[str, Tensor] | None = None
+) -> MaskingPipeline:
+    """The run's masking pipeline. A fitted first stage (DP) fits on up to 2,048 training images
+    drawn at random (seeded by `data.seed`), so they span the identities, not the first ones; a
+    trained one (DCTDP) takes the `trained` state of its module, else starts untrained."""
     fit = None
-    if METHODS[cfg.masking.method].domain == "dp":
-        fit = faces.images_uint8(dp_fit_items(train, cfg.data.seed)).float() / 255.0
-    return build_masking(cfg, fit_images=fit)
+    if first_stage_of(cfg).fitted:
+        fit = faces.images_uint8(fit_items(train, cfg.data.seed)).float() / 255.0
+    masking = build_masking(cfg, fit_images=fit)
+    if trained is not None and masking.first_stage.module is not None:
+        masking.first_stage.module.load_state_dict(trained)
+    return masking
 
 
-def dp_fit_items(train: Tensor, seed: int) -> Tensor:
-    """Up to DP_FIT_IMAGES of the training items, drawn at random (in their order)."""
+def fit_items(train: Tensor, seed: int) -> Tensor:
+    """Up to FIT_IMAGES of the training items, drawn at random (in their order)."""
     g = torch.Generator().manual_seed(seed)
-    return train[torch.randperm(len(train), generator=g)[:DP_FIT_IMAGES].sort().values]
+    return train[torch.randperm(len(train), generator=g)[:FIT_IMAGES].sort().values]
 
 
 def _write_metrics(
-    out_dir: Path, cfg: AHMConfig, history: list[dict], checkpoint: Path, seconds: float
+    out_dir: Path,
+    cfg: AHMConfig,
+    masking: MaskingPipeline,
+    history: list[dict],
+    checkpoint: Path,
+    seconds: float,
 ) -> dict:
     """metrics.json from the run's history (the checkpoint's), written atomically; returned."""
     last = history[-1]
@@ -111,7 +126,9 @@ def _write_metrics(
         "history": history,
         "config": to_dict(cfg),
     }
-    if METHODS[cfg.masking.method].mixing == "adaptive":
+    if learnt := masking.first_stage.describe(out_dir):
+        metrics["first_stage"] = learnt
+    if METHODS[cfg.masking.method].batch_mix == "adaptive":
         total: dict[str, int] = {}
         for epoch in history:
             for k, count in epoch["k_histogram"].items():

@@ -152,6 +152,9 @@ def initial_state(cfg: AHMConfig, masking: MaskingPipeline, data: FederatedData)
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size)
     state = _prefixed("backbone", backbone.state_dict())
+    if masking.first_stage.module is not None:  # a trained first stage is global, as the backbone
+        stage = masking.first_stage.module.state_dict()
+        state |= _prefixed("first_stage", {k: v.detach().clone() for k, v in stage.items()})
     if cfg.federation.share_head:
         state |= _prefixed("head", build_head(cfg.model, data.num_classes).state_dict())
     return state
@@ -262,23 +265,35 @@ def evaluate_global(
     device = resolve_device(cfg.train.device)
     backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size).to(device)
     backbone.load_state_dict(_unprefixed("backbone", shared))
+    load_first_stage(masking, shared)
     return evaluate_verification(backbone, faces, pairs, masking.encode, device=device)
+
+
+def load_first_stage(masking: MaskingPipeline, shared: State) -> None:
+    """Put the global state of a trained first stage (DCTDP's budget) into the pipeline."""
+    if masking.first_stage.module is not None:
+        masking.first_stage.module.load_state_dict(_unprefixed("first_stage", shared))
 
 
 def load_shared(trainer: Trainer, shared: State) -> None:
     """Put the global arrays into a trainer's backbone (and head, when it is shared)."""
     trainer.backbone.load_state_dict(_unprefixed("backbone", shared))
+    load_first_stage(trainer.masking, shared)
     head = _unprefixed("head", shared)
     if head:
         trainer.head.load_state_dict(head)
 
 
 def shared_state(trainer: Trainer, share_head: bool) -> State:
-    """The arrays a client sends: its backbone, and its head when the head is shared."""
+    """The arrays a client sends: its backbone (with a trained first stage), and its head when
+    the head is shared."""
     state = _prefixed("backbone", trainer.backbone.state_dict())
+    if trainer.first_stage is not None:
+        state |= _prefixed("first_stage", trainer.first_stage.state_dict())
     if share_head:
         state |= _prefixed("head", trainer.head.state_dict())
-    return {k: v.detach().cpu() for k, v in state.items()}
+    # copies: the first stage's module is the pipeline's, which the next global state overwrites
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 def pack_state(trainer: Trainer) -> bytes:

@@ -185,3 +185,19 @@ def _check_divisible(hw: torch.Size, stride: int) -> None:
         raise ValueError(
             f"image size {tuple(hw)} must be divisible by 8/upsample = {stride} for the block DCT"
         )
+
+
+def minmax(images: Tensor) -> Tensor:
+    """Scale each image to [0, 1] (a constant image becomes 0)."""
+    flat = images.flatten(1)
+    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(images)
+
+
+def render_channels(masked: Tensor, channels: Tensor, upsample: int) -> Tensor:
+    """Naive decoding of a subset of block-DCT channels: each into its slot in order, the rest
+    (DC included) 0, inverse block DCT, then each image min-max scaled to [0, 1]."""
+    n, _, h, w = masked.shape
+    coeffs = masked.new_zeros(n, BLOCK * BLOCK, h, w)
+    coeffs[:, channels.to(masked.device)] = masked
+    return minmax(ibdct(coeffs, upsample))

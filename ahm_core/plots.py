@@ -81,3 +81,37 @@ def save_k_shares(
     written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return written
+
+
+def save_frequency_grid(path: str | os.PathLike, values: Tensor, title: str) -> Path:
+    """A value per block-DCT frequency on the 8x8 grid (64 values, NaN where none, as DC), each
+    cell annotated: where a first stage puts its budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = values.detach().double().cpu().view(8, 8).numpy()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    image = ax.imshow(grid, cmap="viridis")
+    for (i, j), value in zip(
+        torch.cartesian_prod(torch.arange(8), torch.arange(8)).tolist(), grid.flatten(), strict=True
+    ):
+        ax.text(
+            j,
+            i,
+            "DC" if value != value else f"{value:.2g}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if value != value or value < grid[grid == grid].mean() else "black",
+        )
+    ax.set(
+        xlabel="horizontal frequency", ylabel="vertical frequency", xticks=range(8), yticks=range(8)
+    )
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    fig.tight_layout()
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return written

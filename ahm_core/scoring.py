@@ -17,7 +17,7 @@ from ahm_core.attacks import ATTACKS, Reconstructions
 from ahm_core.attacks.cgan import mask_for_attack
 from ahm_core.cases import Case
 from ahm_core.evaluators import OWN, Judges
-from ahm_core.masking.pipeline import to_gray
+from ahm_core.masking.first_stage import to_gray
 from ahm_core.metrics import LPIPS, feature_distance, identity_leakage, psnr, ssim
 from ahm_core.metrics.uncertainty import bootstrap_interval
 from ahm_core.plots import save_grid

@@ -170,6 +170,7 @@ def _case(
         folder,
         resolve_device(cfg.train.device),
         k_proportions(summary),
+        None if saved is None else _section(saved["state"], "first_stage") or None,
         **holdings,
     )
 

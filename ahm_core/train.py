@@ -94,6 +94,7 @@ STATE_KEYS = (
     "scheduler",
     "policy",
     "policy_pmf",
+    "first_stage",
     "rng",
 )  # what `Trainer.state_dict` holds
 
@@ -116,9 +117,15 @@ class Trainer:
         if cfg.train.compile:
             self.backbone.compile()  # in place: the state_dict keeps its names
         self.policy = None
-        if masking.mixing == "adaptive":
+        if masking.batch_mix == "adaptive":
             self.policy = build_policy(cfg.policy, masking.in_channels).to(self.device)
         self._reward = POLICY_REWARDS.index(cfg.policy.reward)  # in `MixUpArcFace.losses`' order
+        # A trained first stage (DCTDP's budget) learns with the network, by its own optimiser.
+        self.first_stage = masking.first_stage.module
+        self.stage_optimizer = None
+        if self.first_stage is not None:
+            self.first_stage.to(self.device).train()
+            self.stage_optimizer = masking.first_stage.optimizer()
         t = cfg.train
         self.optimizer = torch.optim.SGD(
             [*self.backbone.parameters(), *self.head.parameters()],
@@ -166,9 +173,9 @@ class Trainer:
             # reused until the next, and kept on the CPU, where the ks are drawn and the mixing
             # coefficients made.
             if update or self._pmf is None:
-                self._pmf = self.policy.pmf(x).cpu()
+                self._pmf = self.policy.pmf(x.detach()).cpu()
                 self.pmfs.append(self._pmf)
-            ks = self.policy.sample(x, pmf=self._pmf)
+            ks = self.policy.sample(x.detach(), pmf=self._pmf)
         mixed = self.masking.mix(x, labels, ks, self.generator)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         inputs = mixed.x.contiguous(memory_format=fmt)
@@ -180,6 +187,8 @@ class Trainer:
             else:
                 losses = self.head(embeddings, mixed.labels, mixed.coefs)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.stage_optimizer is not None:
+            self.stage_optimizer.zero_grad(set_to_none=True)
         loss = losses.mean()
         for term in self.loss_terms:
             loss = loss + term(self)
@@ -188,13 +197,15 @@ class Trainer:
             params = [*self.backbone.parameters(), *self.head.parameters()]
             nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         self.optimizer.step()
+        if self.stage_optimizer is not None:
+            self.stage_optimizer.step()
         self.scheduler.step()
         if update:
             with torch.no_grad(), lookahead_mode(self.backbone), self.autocast():
                 ahead = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
             now, later = both[self._reward], ahead[self._reward]
             rewards = self.policy.reward(now.detach().float(), later.float())
-            self.last_policy_update = self.policy.update(x, ks, rewards)
+            self.last_policy_update = self.policy.update(x.detach(), ks, rewards)
             self.updates += 1
         self.step += 1
         return losses.detach()
@@ -308,6 +319,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "policy": self.policy.state_dict() if self.policy is not None else None,
             "policy_pmf": self._pmf,
+            "first_stage": None
+            if self.first_stage is None
+            else {
+                "module": self.first_stage.state_dict(),
+                "optimizer": self.stage_optimizer.state_dict(),
+            },
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -327,6 +344,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.policy is not None:
             self.policy.load_state_dict(state["policy"])
+        if self.first_stage is not None:
+            self.first_stage.load_state_dict(state["first_stage"]["module"])
+            self.stage_optimizer.load_state_dict(state["first_stage"]["optimizer"])
         self.step, self.epoch = state["step"], state["epoch"]
         self._pmf = None if state["policy_pmf"] is None else state["policy_pmf"].cpu()
         torch.set_rng_state(state["rng"]["torch"])

@@ -1,8 +1,9 @@
 """Mask a few synthetic faces with every method of the paper's tables and save PNG grids.
 
 Rows: the originals, then the naive render of what each method hands to the recognition network
-(PPFR-FD, frequency- and RGB-domain MixUp/InstaHide with k=2, DP, PPFR-FD + MixUp k=2..6, and
-PPFR-FD + MixUp with a per-sample k as the policy would choose it). A second grid shows six
+(PPFR-FD, frequency- and RGB-domain MixUp/InstaHide with k=2, DP, DCTDP at its untrained uniform
+budget, PPFR-FD + MixUp k=2..6, and PPFR-FD + MixUp with a per-sample k as the policy would
+choose it). A second grid shows six
 synthetic identities (rows) in eight images each (pose, expression, light, background, noise).
 """
 
@@ -33,6 +34,7 @@ def masking_rows(faces: Tensor, fit_images: Tensor, seed: int = 0) -> list[tuple
         ("MixUp RGB k=2", "mixup_rgb", {}),
         ("InstaHide RGB k=2", "instahide_rgb", {}),
         ("DP eps=3", "dp", {}),
+        ("DCTDP eps=252", "dctdp", {}),
     ]
     settings += [(f"Masking+MixUp k={k}", "masking_mixup", {"mixup.k": k}) for k in range(2, 7)]
     for label, method, extra in settings:

@@ -3,6 +3,7 @@ the reconstruction grids in the run folder; rows already finished there are skip
 
     python -m simulations.paper_tables profile=small
     python -m simulations.paper_tables profile=small data=folder data.root=../shared/data/orl_faces
+    python -m simulations.paper_tables profile=study 'rows=[ppfr_fd,dctdp]'   # those, and ArcFace
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ register()
 
 @entry("paper_tables", "paper_tables")
 def main(hcfg: DictConfig) -> None:
-    cfg, _ = split_run_config(hcfg)
+    cfg, options = split_run_config(hcfg)
     out = HydraConfig.get().runtime.output_dir
-    run_tables(cfg, out, log=lambda line: print(line, flush=True))
+    run_tables(cfg, out, log=lambda line: print(line, flush=True), only=options["rows"])
     print(f"report: {out}/report.md")
 
 

@@ -23,6 +23,14 @@ class RunConfig(AHMConfig):
 
 
 @dataclass
+class PaperRunConfig(RunConfig):
+    """RunConfig plus which rows `simulations.paper_tables` runs."""
+
+    # Only these rows, by their folder names under rows/ (and ArcFace, whose network judges).
+    rows: list[str] | None = None
+
+
+@dataclass
 class FederatedRunConfig(RunConfig):
     """RunConfig plus how `simulations.federated` launches `flwr run` on the Ray backend."""
 
@@ -44,10 +52,11 @@ class ThreatRunConfig(FederatedRunConfig):
 
 
 def register() -> None:
-    """Make the schemas available to `defaults` lists: ahm_schema, ahm_federated_schema and
-    ahm_threat_schema."""
+    """Make the schemas available to `defaults` lists: ahm_schema, ahm_paper_schema,
+    ahm_federated_schema and ahm_threat_schema."""
     store = ConfigStore.instance()
     store.store(name="ahm_schema", node=RunConfig)
+    store.store(name="ahm_paper_schema", node=PaperRunConfig)
     store.store(name="ahm_federated_schema", node=FederatedRunConfig)
     store.store(name="ahm_threat_schema", node=ThreatRunConfig)
 

@@ -144,8 +144,10 @@ def test_demix_then_invert_recovers_faces():
         pipeline.encode(faces), epochs=3, batch=12, mix=lambda x, y, g: pipeline.mix(x, y, None, g)
     )
     result = demix(encodings, k=2)
-    keys = pipeline.ppfr.keys(len(result.components))  # the fixed key, known to this attacker
-    images = invert_ppfr(result.components, pipeline.ppfr, keys, steps=40)
+    keys = pipeline.first_stage.keys(
+        len(result.components)
+    )  # the fixed key, known to this attacker
+    images = invert_ppfr(result.components, pipeline.first_stage, keys, steps=40)
     report = recovery_report(images, remove_plane(to_gray(faces)), threshold=0.9)
     assert report["fraction"] >= 0.9
 

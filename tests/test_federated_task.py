@@ -140,3 +140,17 @@ def test_pack_state_leaves_the_backbone_out():
     trainer = Trainer(cfg, masking, client.num_classes, 2)
     state = unpack_state(pack_state(trainer))
     assert "backbone" not in state and "head" in state
+
+
+def test_a_trained_first_stage_travels_with_the_global_model():
+    cfg = tiny(**{"masking.method": "dctdp_adamixup", "masking.dctdp_epsilon": 10.0})
+    data, masking, client = setup(cfg)
+    start = initial_state(cfg, masking, data)
+    assert {"first_stage.logits", "first_stage.shift"} <= start.keys()
+    result = local_train(cfg, data, client, masking, start, 1)
+    assert result.shared.keys() == start.keys()
+    moved = result.shared["first_stage.logits"]
+    assert not torch.equal(moved, start["first_stage.logits"])  # the client trained the budget
+    local_evaluate(cfg, data, client, masking, result.shared)  # the server's model, loaded
+    torch.testing.assert_close(masking.first_stage.module.logits.detach(), moved)
+    assert float(masking.first_stage.allocation().sum()) == pytest.approx(10.0, rel=1e-5)

@@ -9,7 +9,6 @@ from ahm_core.attacks import (
     Generator,
     GMIOptions,
     attack_report,
-    differentiable_encode,
     invert_identities,
     train_evaluator,
     train_prior,
@@ -133,10 +132,10 @@ def test_differentiable_encode_matches_encode_and_passes_gradients(method, priva
     if method != "dp":  # DP draws its noise per call
         expected = pipeline.encode(images)
         torch.testing.assert_close(
-            differentiable_encode(pipeline, images), expected, atol=1e-3, rtol=0
+            pipeline.differentiable_encode(images), expected, atol=1e-3, rtol=0
         )
     images.requires_grad_(True)
-    differentiable_encode(pipeline, images).square().sum().backward()
+    pipeline.differentiable_encode(images).square().sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 

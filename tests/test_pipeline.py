@@ -3,8 +3,8 @@ import torch
 
 from ahm_core.config import METHODS, AHMConfig, apply_overrides
 from ahm_core.data.synthetic import render_faces
-from ahm_core.experiment import DP_FIT_IMAGES, dp_fit_items
-from ahm_core.masking import EigenfaceDP, build_masking, to_gray
+from ahm_core.experiment import FIT_IMAGES, fit_items
+from ahm_core.masking import EigenfaceDP, build_masking, first_stage_of, to_gray
 
 SIZE = 48
 
@@ -31,12 +31,12 @@ def config(method: str, **extra) -> AHMConfig:
 def test_every_table_row_builds_training_tensors(method, images, fit_images):
     pipeline = build_masking(config(method), fit_images=fit_images)
     labels = torch.arange(12)
-    k = torch.tensor([2, 3, 4, 5] * 3) if METHODS[method].mixing == "adaptive" else None
+    k = torch.tensor([2, 3, 4, 5] * 3) if METHODS[method].batch_mix == "adaptive" else None
     out = pipeline(images, labels, k=k, generator=torch.Generator().manual_seed(0))
     assert out.x.shape == (12, pipeline.in_channels, SIZE, SIZE)
     assert torch.isfinite(out.x).all()
     torch.testing.assert_close(out.coefs.sum(dim=1), torch.ones(12))
-    width = {None: 1, "mixup": 2, "instahide": 2, "adaptive": 5}[METHODS[method].mixing]
+    width = {None: 1, "mixup": 2, "instahide": 2, "adaptive": 5}[METHODS[method].batch_mix]
     assert out.labels.shape == (12, width)
     shown = pipeline.render(out.x)
     assert shown.shape[0] == 12 and shown.shape[-2:] == (SIZE, SIZE)
@@ -52,7 +52,7 @@ def test_unmixed_methods_keep_labels_with_weight_one(images):
 def test_encode_of_test_images_uses_the_training_key(images):
     pipeline = build_masking(config("masking_mixup"))
     encoded = pipeline.encode(images)
-    torch.testing.assert_close(encoded, pipeline.ppfr.mask(to_gray(images)), rtol=0, atol=0)
+    torch.testing.assert_close(encoded, pipeline.first_stage.mask(to_gray(images)), rtol=0, atol=0)
 
 
 def test_adaptive_needs_k_and_fixed_refuses_it(images):
@@ -91,20 +91,20 @@ def test_dp_refuses_unfitted_use_and_other_sizes(images, fit_images):
 def test_dp_fits_its_eigenfaces_on_images_of_every_identity():
     labels = torch.arange(300).repeat_interleave(20)  # a folder's order: person by person
     train = torch.arange(len(labels))
-    chosen = dp_fit_items(train, seed=0)
-    assert len(chosen) == DP_FIT_IMAGES and len(labels[chosen].unique()) == 300
-    assert len(labels[train[:DP_FIT_IMAGES]].unique()) == 103  # what the first 2,048 span
-    assert torch.equal(dp_fit_items(train[:100], seed=0), train[:100])  # fewer: all of them
+    chosen = fit_items(train, seed=0)
+    assert len(chosen) == FIT_IMAGES and len(labels[chosen].unique()) == 300
+    assert len(labels[train[:FIT_IMAGES]].unique()) == 103  # what the first 2,048 span
+    assert torch.equal(fit_items(train[:100], seed=0), train[:100])  # fewer: all of them
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_indices_compare_with_what_the_masking_saw(method):
     cfg = apply_overrides(AHMConfig(), {"masking.method": method, "data.image_size": 32})
     fit = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    pipeline = build_masking(cfg, fit_images=fit if METHODS[method].domain == "dp" else None)
+    pipeline = build_masking(cfg, fit_images=fit if first_stage_of(cfg).fitted else None)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     seen = pipeline.seen(images)
-    if METHODS[method].domain == "rgb":
+    if METHODS[method].first_stage == "rgb":
         assert torch.equal(seen, images)  # the masking saw colour: compare with colour
     else:
         assert torch.equal(seen, to_gray(images).expand(-1, 3, -1, -1))  # it never saw colour

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from ahm_core.data.synthetic import render_faces
-from ahm_core.freq import bdct, ibdct
+from ahm_core.freq import bdct, ibdct, minmax
 from ahm_core.masking import PPFRFD, Keys, to_gray
-from ahm_core.masking.ppfr_fd import minmax, zigzag_channels
+from ahm_core.masking.ppfr_fd import zigzag_channels
 
 
 @pytest.fixture(scope="module")

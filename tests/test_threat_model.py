@@ -23,13 +23,23 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     assert f"threat report in {run / 'threat_report.md'}" in done.stdout
     result = json.loads((run / "threat_report.json").read_text())
     rows = result["defences"]
-    assert list(rows) == ["arcface", "ppfr_fd", "masking_mixup", "masking_adamixup", "dp_fedavg"]
+    defences = [
+        "arcface",
+        "ppfr_fd",
+        "masking_mixup",
+        "masking_adamixup",
+        "dctdp",
+        "dctdp_adamixup",
+    ]
+    assert list(rows) == [*defences, "dp_fedavg"]
     for defence, row in rows.items():
         attacks = row["attacks"]
         assert list(attacks) == list(ATTACKS)  # every registered attack, run or skipped with why
         trained = defence in (result["method"], "dp_fedavg")  # attacked at its own run's model
-        mixes = METHODS[row.get("method", defence)].mixing is not None
+        mixes = METHODS[row.get("method", defence)].batch_mix is not None
         assert ("skipped" in attacks["demix"]) == (not mixes)
+        first_stage = METHODS[row.get("method", defence)].first_stage
+        assert ("skipped" in attacks["channel_drop"]) == (first_stage == "rgb")  # no channels
         assert ("skipped" in attacks["model_inversion"]) == (not trained)
         assert ("accuracy" in row) == trained
         gi = attacks["gradient_inversion"]

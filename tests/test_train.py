@@ -1,5 +1,6 @@
 import collections
 import contextlib
+import copy
 import itertools
 import json
 import math
@@ -274,3 +275,24 @@ def test_a_policy_interval_adds_one_backbone_forward_and_two_policy_forwards(fac
         trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
     # The reward of the step's own loss reuses its forward; the lookahead is the updated network.
     assert calls == {"backbone": 8 + 2, "policy": 2 + 2}
+
+
+def test_a_trained_first_stage_learns_with_the_network_and_resumes_exactly(faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny("dctdp_adamixup", **{"masking.dctdp_epsilon": 10.0})
+    trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+    images, batch_labels = faces.images_uint8(train[:16]), labels[:16]
+    start = trainer.masking.first_stage.allocation().detach().clone()
+    for _ in range(3):
+        trainer.train_step(images, batch_labels)
+    moved = trainer.masking.first_stage.allocation().detach()
+    assert not torch.allclose(moved, start)  # the recognition loss moved the budget
+    assert float(moved.sum()) == pytest.approx(10.0, rel=1e-5)  # still the whole epsilon
+    saved = copy.deepcopy(trainer.state_dict())
+    expected = trainer.train_step(images, batch_labels)
+    again = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=10)
+    again.load_state_dict(saved)
+    torch.testing.assert_close(again.train_step(images, batch_labels), expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.masking.first_stage.allocation(), trainer.masking.first_stage.allocation()
+    )

@@ -1,7 +1,8 @@
-"""Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction, gradient
-inversion of shared updates, white-box demixing with PPFR-FD inversion, GMI model inversion.
-Each module registers its `Attack` in `ATTACKS` (in the order imported here, the reports' order);
-a new attack is one module with a registered subclass, imported below."""
+"""Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction, the same after
+the appendix-A.2 channel removal, gradient inversion of shared updates, white-box demixing with
+PPFR-FD inversion, GMI model inversion. Each module registers its `Attack` in `ATTACKS` (in the
+order imported here, the reports' order); a new attack is one module with a registered subclass,
+imported below."""
 
 from ahm_core.attacks.base import ATTACKS, Attack, Reconstructions, register
 from ahm_core.attacks.cgan import (
@@ -16,6 +17,7 @@ from ahm_core.attacks.cgan import (
     sample_ks,
     unet_levels,
 )
+from ahm_core.attacks.channel_drop import ChannelDrop
 from ahm_core.attacks.demix import (
     DemixOptions,
     DemixResult,
@@ -44,7 +46,6 @@ from ahm_core.attacks.model_inversion import (
     Generator,
     GMIOptions,
     attack_report,
-    differentiable_encode,
     invert_identities,
     train_evaluator,
     train_prior,
@@ -57,6 +58,7 @@ __all__ = [
     "AttackSet",
     "CGANAttack",
     "CGANOptions",
+    "ChannelDrop",
     "DemixOptions",
     "DemixResult",
     "Discriminator",
@@ -74,7 +76,6 @@ __all__ = [
     "attack_report",
     "cluster_components",
     "demix",
-    "differentiable_encode",
     "dominant_sources",
     "invert_gradients",
     "invert_identities",

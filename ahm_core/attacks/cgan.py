@@ -485,13 +485,13 @@ def _attack_ks(
     generator: torch.Generator | None,
 ) -> Tensor | None:
     """Per-sample k for the adaptive method; None (the pipeline's own k) otherwise."""
-    if pipeline.mixing == "adaptive":
+    if pipeline.batch_mix == "adaptive":
         if k_proportions is None:
             raise ValueError(f"{pipeline.method}: pass k_proportions, the policy's shares of k")
         return sample_ks(k_proportions, n, generator)
     if k_proportions is not None:
         used = {k for k, share in k_proportions.items() if share > 0}
-        allowed = {pipeline.k} if pipeline.mixing else set()
+        allowed = {pipeline.k} if pipeline.batch_mix else set()
         if used != allowed:
             raise ValueError(
                 f"{pipeline.method}: mixes {f'a fixed k={pipeline.k}' if allowed else 'nothing'}"
@@ -544,22 +544,25 @@ def attack_data(
     return aux, victim
 
 
-def cgan_for(case: Case) -> CGANAttack:
+def cgan_for(case: Case, keep: Tensor | None = None) -> CGANAttack:
     """The case's black-box CGAN, trained once on the attacker's auxiliary pairs (masked and
-    mixed as the defence trains) and shared by the attacks of the case that chain to faces."""
-    if "cgan" not in case.cache:
+    mixed as the defence trains, of the channels `keep` when given) and shared by the attacks of
+    the case that chain to faces."""
+    key = "cgan" if keep is None else ("cgan", tuple(keep.tolist()))
+    if key not in case.cache:
         cfg = case.cfg
         g = torch.Generator().manual_seed(cfg.train.seed)
         aux = mask_for_attack(case.pipeline, case.aux_images, None, case.proportions, g)
+        masked = aux.masked if keep is None else aux.masked[:, keep]
         attack = CGANAttack(
-            case.pipeline.in_channels,
+            masked.shape[1],
             cfg.data.image_size,
             options=CGANOptions.from_config(cfg.attack, cfg.train.seed),
             device=case.device,
         )
-        attack.fit(aux.masked, aux.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
-        case.cache["cgan"] = attack
-    return case.cache["cgan"]
+        attack.fit(masked, aux.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
+        case.cache[key] = attack
+    return case.cache[key]
 
 
 @register
@@ -569,13 +572,19 @@ class BlackBoxCGAN(Attack):
     name = "cgan"
     holds = "the victims' masked training tensors; (face, masked) pairs of other people"
 
+    def kept(self, case: Case) -> Tensor | None:
+        """The channels of the masked tensors it reconstructs from (None: all of them)."""
+        return None
+
     def run(self, case: Case) -> Reconstructions:
         g = torch.Generator().manual_seed(case.cfg.train.seed)
         items = case.victims(case.cfg.attack.victims)
         victims = mask_for_attack(
             case.pipeline, case.images(items), case.labels(items), case.proportions, g
         )
-        faces = cgan_for(case).reconstruct(victims.masked)
+        keep = self.kept(case)
+        masked = victims.masked if keep is None else victims.masked[:, keep]
+        faces = cgan_for(case, keep).reconstruct(masked)
         shown = slice(0, SHOWN)
         return Reconstructions(
             faces,

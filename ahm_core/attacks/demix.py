@@ -33,8 +33,8 @@ from torch import Tensor
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.freq import check_images, check_upsample, fused_kernel
+from ahm_core.masking.first_stage import to_gray
 from ahm_core.masking.mixup import mixup
-from ahm_core.masking.pipeline import to_gray
 from ahm_core.masking.ppfr_fd import PPFRFD, Keys, self_normalise
 
 if TYPE_CHECKING:
@@ -384,7 +384,7 @@ class Demixing(Attack):
     holds = "the masked mixes (white box: the pipeline and k); PPFR-FD's fixed key"
 
     def skip(self, case: Case) -> str | None:
-        return None if case.pipeline.mixing is not None else "the defence mixes nothing"
+        return None if case.pipeline.batch_mix is not None else "the defence mixes nothing"
 
     def run(self, case: Case) -> Reconstructions:
         a, pipeline = case.cfg.attack, case.pipeline
@@ -404,8 +404,9 @@ class Demixing(Attack):
             "mean_similarity": components["mean_similarity"],
         }
         summary = f"components {components['recovered']}/{len(items)}"
-        if pipeline.ppfr is not None and pipeline.ppfr.key_mode == "fixed":
-            inverted = invert_ppfr(recovered, pipeline.ppfr, pipeline.ppfr.keys(len(recovered)))
+        ppfr = pipeline.first_stage
+        if isinstance(ppfr, PPFRFD) and ppfr.key_mode == "fixed":
+            inverted = invert_ppfr(recovered, ppfr, ppfr.keys(len(recovered)))
             report = recovery_report(inverted, remove_plane(to_gray(originals)))
             grey = to_gray(case.aux_images).flatten(1)
             faces = inverted * grey.std(dim=1).mean() + grey.mean(dim=1).mean()

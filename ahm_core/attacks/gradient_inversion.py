@@ -324,7 +324,7 @@ class GradientInversion(Attack):
         recovered = invert_gradients(net, update, tuple(masked.shape), mixed_labels, coefs, options)
         score = match_and_score(recovered.x, masked)
         matched = recovered.x[score["order"]].detach().cpu()
-        if case.pipeline.domain == "rgb" and case.pipeline.mixing is None:
+        if case.pipeline.first_stage.shows_faces and case.pipeline.batch_mix is None:
             faces = case.pipeline.render(matched)
         else:
             faces = cgan_for(case).reconstruct(matched)

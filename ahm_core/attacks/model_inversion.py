@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
-from ahm_core.freq import bdct_explicit
 from ahm_core.io import atomic_write, load_checkpoint
-from ahm_core.masking.pipeline import MaskingPipeline, to_gray
+from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone
 from ahm_core.models.heads import MixUpArcFace
 
@@ -231,23 +230,6 @@ def train_prior(aux_images: Tensor, options: GMIOptions) -> GANPrior:
     return prior
 
 
-def differentiable_encode(
-    pipeline: MaskingPipeline, images: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """`pipeline.encode` that autograd can go through, for the attacker's gradients.
-
-    The fused block-DCT operator of `encode` writes into preallocated buffers, which autograd
-    refuses; the frequency domains run their explicit recipes instead, in float64, where they match
-    the fused operator (PPFR-FD's self-normalisation of near-constant channels needs the precision).
-    """
-    if pipeline.domain == "ppfr":
-        keys = pipeline.ppfr.keys(len(images), generator)
-        return pipeline.ppfr.mask_explicit(to_gray(images).double(), keys).to(images.dtype)
-    if pipeline.domain == "bdct":
-        return bdct_explicit(to_gray(images).double(), pipeline.upsample).to(images.dtype)
-    return pipeline.encode(images, generator)
-
-
 def white_box_logits(
     backbone: nn.Module,
     head: MixUpArcFace,
@@ -258,7 +240,7 @@ def white_box_logits(
     backbone.eval()
 
     def logits(images: Tensor) -> Tensor:
-        embeddings = backbone(differentiable_encode(pipeline, images, generator))
+        embeddings = backbone(pipeline.differentiable_encode(images, generator))
         return head.cosine(embeddings) * head.scale
 
     return logits

@@ -11,13 +11,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ahm_core.config import AHMConfig
 from ahm_core.freq import check_images
+from ahm_core.masking.first_stage import FirstStage, register, to_gray
 
 MAX_FIT_IMAGES = 4096
 
 
-class EigenfaceDP:
+def laplace(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
+) -> Tensor:
+    """Unit Laplace noise in float64 by the inverse CDF, drawn from `generator` (on its device)
+    and moved to `device`: noise that a seed reproduces wherever it is used."""
+    where = generator.device if generator is not None else "cpu"
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=where)
+    u = u.to(device, non_blocking=True) - 0.5
+    return -u.sign() * torch.log1p(-2 * u.abs())
+
+
+@register
+class EigenfaceDP(FirstStage):
     """Laplace-perturbed eigenface reconstruction of grayscale images [N, 1, H, W]."""
+
+    name = "dp"
+    options = ("dp_components", "dp_epsilon")
+    fitted = True
 
     def __init__(self, components: int = 128, epsilon: float = 3.0) -> None:
         if components < 1 or epsilon <= 0:
@@ -25,9 +43,24 @@ class EigenfaceDP:
         self.components, self.epsilon = components, epsilon
         self.mean: Tensor | None = None
 
-    def fit(self, gray: Tensor, generator: torch.Generator | None = None) -> EigenfaceDP:
+    @classmethod
+    def from_config(cls, cfg: AHMConfig) -> EigenfaceDP:
+        return cls(cfg.masking.dp_components, cfg.masking.dp_epsilon)
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self(to_gray(images), generator) * 2.0 - 1.0
+
+    def render(self, x: Tensor) -> Tensor:
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def fit(self, images: Tensor, generator: torch.Generator | None = None) -> EigenfaceDP:
         """Fit the basis and the per-component clipping range on training images."""
-        check_images(gray, "DP fit images")
+        check_images(images, "DP fit images", channels=None)
+        gray = to_gray(images)
         flat = gray.flatten(1).double()
         if len(flat) > MAX_FIT_IMAGES:
             flat = flat[torch.randperm(len(flat), generator=generator)[:MAX_FIT_IMAGES]]
@@ -53,9 +86,6 @@ class EigenfaceDP:
         flat = gray.flatten(1).double()
         proj = ((flat - self.mean) @ self.basis.T).clamp(self.low, self.high)
         scale = (self.high - self.low) / self.epsilon
-        device = generator.device if generator is not None else "cpu"
-        u = torch.rand(proj.shape, generator=generator, dtype=torch.float64, device=device)
-        u = u.to(gray.device, non_blocking=True) - 0.5
-        noise = -scale * u.sign() * torch.log1p(-2 * u.abs())
+        noise = scale * laplace(tuple(proj.shape), generator, gray.device)
         images = (self.mean + (proj + noise) @ self.basis).clamp(0.0, 1.0)
         return images.to(gray.dtype).view_as(gray)

@@ -17,15 +17,17 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ahm_core.config import AHMConfig, check_choice
 from ahm_core.freq import (
     BLOCK,
     bdct_explicit,
     check_images,
     check_upsample,
     fused_kernel,
-    ibdct,
+    render_channels,
     window_map,
 )
+from ahm_core.masking.first_stage import BlockDCTStage, channel_energy, register, to_gray
 
 
 def zigzag_channels(count: int) -> list[int]:
@@ -51,8 +53,16 @@ def self_normalise(x: Tensor, eps: float) -> Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-class PPFRFD:
+KEY_MODES = ("fixed", "per_image")
+CHANNEL_MIXINGS = ("adjacent", "none")  # PPFR-FD's mixing of channels (not MixUp's of images)
+
+
+@register
+class PPFRFD(BlockDCTStage):
     """PPFR-FD masking of grayscale images [N, 1, H, W] into [N, C, H*u/8, W*u/8]."""
+
+    name = "ppfr_fd"
+    options = ("upsample", "num_channels", "keys", "key_seed", "channel_mixing", "eps")
 
     def __init__(
         self,
@@ -60,27 +70,65 @@ class PPFRFD:
         upsample: int = 8,
         keys: str = "fixed",
         key_seed: int = 0,
-        mixing: str = "adjacent",
+        channel_mixing: str = "adjacent",
         eps: float = 1e-8,
     ) -> None:
         check_upsample(upsample)
-        if keys not in ("fixed", "per_image"):
+        if keys not in KEY_MODES:
             raise ValueError(f"keys must be 'fixed' or 'per_image', got {keys!r}")
-        if mixing not in ("adjacent", "none"):
-            raise ValueError(f"mixing must be 'adjacent' or 'none', got {mixing!r}")
+        if channel_mixing not in CHANNEL_MIXINGS:
+            raise ValueError(f"channel_mixing must be 'adjacent' or 'none', got {channel_mixing!r}")
         self.channels = torch.tensor(zigzag_channels(num_channels))
         self.upsample, self.key_mode, self.eps = upsample, keys, eps
         c = len(self.channels)
         eye = torch.eye(c, dtype=torch.float64)
         # y_i = x_i + x_{i+1 mod C}: rolled identity added to the identity.
-        self.mix_matrix = eye + eye.roll(1, dims=1) if mixing == "adjacent" and c > 1 else eye
+        adjacent = channel_mixing == "adjacent" and c > 1
+        self.mix_matrix = eye + eye.roll(1, dims=1) if adjacent else eye
         g = torch.Generator().manual_seed(key_seed)
         self._fixed = Keys(torch.randperm(c, generator=g), torch.randperm(c, generator=g))
         self._on_device: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
+    @classmethod
+    def check(cls, cfg: AHMConfig) -> None:
+        super().check(cfg)
+        check_choice("masking.keys", cfg.masking.keys, KEY_MODES)
+        check_choice("masking.channel_mixing", cfg.masking.channel_mixing, CHANNEL_MIXINGS)
+
+    @classmethod
+    def from_config(cls, cfg: AHMConfig) -> PPFRFD:
+        m = cfg.masking
+        return cls(m.num_channels, m.upsample, m.keys, m.key_seed, m.channel_mixing, m.eps)
+
     @property
     def num_channels(self) -> int:
         return len(self.channels)
+
+    @property
+    def in_channels(self) -> int:
+        return self.num_channels
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.mask(to_gray(images), generator=generator)
+
+    def differentiable_encode(
+        self, images: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        # In float64, where the explicit recipe matches the fused map (the self-normalisation of
+        # near-constant channels needs the precision).
+        keys = self.keys(len(images), generator)
+        return self.mask_explicit(to_gray(images).double(), keys).to(images.dtype)
+
+    def drop_order(self, images: Tensor) -> Tensor | None:
+        """The masked channels by the signal of their sources, least first: each is a normalised
+        mix of kept channels (through the keys), and a mix of near-empty high frequencies carries
+        no signal however the normalisation scales it. None with per-image keys, unknown."""
+        if self.key_mode != "fixed":
+            return None
+        energy = channel_energy(bdct_explicit(to_gray(images).double(), self.upsample))
+        sources = energy[self.channels][self._fixed.p1]  # after the first shuffle
+        mixed = (self.mix_matrix > 0).double() * sources  # each output row's sources
+        return mixed.max(dim=1).values[self._fixed.p2].argsort()
 
     def keys(self, n: int, generator: torch.Generator | None = None) -> Keys:
         """Keys for a batch of n images: the fixed pair repeated, or fresh ones per image."""
@@ -144,20 +192,9 @@ class PPFRFD:
 
     def render(self, masked: Tensor) -> Tensor:
         """Naive decoding for the metrics: channels into their slots in order, DC = 0, inverse
-        block DCT, then each image min-max scaled to [0, 1] (the masked scale carries no meaning).
-        """
+        block DCT, each image min-max scaled to [0, 1] (the masked scale carries no meaning)."""
         check_images(masked, "masked tensor", channels=self.num_channels)
-        n, _, h, w = masked.shape
-        coeffs = masked.new_zeros(n, BLOCK * BLOCK, h, w)
-        coeffs[:, self.channels.to(masked.device)] = masked
-        return minmax(ibdct(coeffs, self.upsample))
-
-
-def minmax(images: Tensor) -> Tensor:
-    """Scale each image to [0, 1] (a constant image becomes 0)."""
-    flat = images.flatten(1)
-    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(images)
+        return render_channels(masked, self.channels, self.upsample)
 
 
 def _quad(rows: Tensor, cov: Tensor) -> Tensor:

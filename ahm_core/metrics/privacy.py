@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ahm_core.masking.pipeline import to_gray
+from ahm_core.masking.first_stage import to_gray
 from ahm_core.metrics.lpips import as_rgb, check_pair, check_unit_images
 from ahm_core.metrics.uncertainty import wilson_interval
 
