@@ -94,18 +94,14 @@ def save_frequency_grid(path: str | os.PathLike, values: Tensor, title: str) -> 
     grid = values.detach().double().cpu().view(8, 8).numpy()
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     image = ax.imshow(grid, cmap="viridis")
-    for (i, j), value in zip(
-        torch.cartesian_prod(torch.arange(8), torch.arange(8)).tolist(), grid.flatten(), strict=True
-    ):
-        ax.text(
-            j,
-            i,
-            "DC" if value != value else f"{value:.2g}",
-            ha="center",
-            va="center",
-            fontsize=6,
-            color="white" if value != value or value < grid[grid == grid].mean() else "black",
-        )
+    cells = torch.cartesian_prod(torch.arange(8), torch.arange(8)).tolist()
+    middle = float(values.detach().double().nanmean())
+    for (i, j), value in zip(cells, grid.flatten(), strict=True):
+        if value != value:  # NaN: nothing at this frequency (DC)
+            ax.text(j, i, "DC", ha="center", va="center", fontsize=6, color="black")
+            continue
+        colour = "white" if value < middle else "black"  # the dark end of viridis
+        ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=6, color=colour)
     ax.set(
         xlabel="horizontal frequency", ylabel="vertical frequency", xticks=range(8), yticks=range(8)
     )

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize
 
 from ahm_core import evaluators
+from ahm_core.config import METHODS
 from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.paper import TABLE1_RGB, TABLE2, run_tables
 from simulations.schema import register, split_run_config
@@ -70,6 +71,17 @@ def check_report(results: dict, out) -> None:
         dynamics = out / results[name]["k_dynamics"].split(str(out) + "/")[1]
         assert dynamics.stat().st_size > 1000 and f"({dynamics.relative_to(out)})" in report
     assert "| Method | whole run | final epoch | policy updates |" in report
+    assert "## Appendix A.2" in report
+    for name, r in results.items():
+        if name != "ArcFace":  # appendix A.2 on every first stage with frequency channels
+            stage = METHODS[r["method"]].first_stage
+            assert ("skipped" in r["attacks"]["channel_drop"]) == (stage in ("rgb", "dp")), name
+    for name in ("DCTDP", "DCTDP+AdaMixUp (k:2-6)"):
+        learnt = results[name]["first_stage"]
+        assert sum(learnt["allocation"]) == pytest.approx(learnt["epsilon"], rel=1e-4)
+        assert len(set(learnt["allocation"])) > 1  # trained away from the uniform start
+        plot = out / learnt["allocation_plot"].split(str(out) + "/")[1]
+        assert plot.stat().st_size > 1000 and f"({plot.relative_to(out)})" in report
 
 
 def judged(row: dict) -> list[str]:
