@@ -269,6 +269,11 @@ def evaluate_global(
     return evaluate_verification(backbone, faces, pairs, masking.encode, device=device)
 
 
+def trained_first_stage(shared: State) -> State | None:
+    """The state of a trained first stage in a global model (None: the stage trains nothing)."""
+    return _unprefixed("first_stage", shared) or None
+
+
 def load_first_stage(masking: MaskingPipeline, shared: State) -> None:
     """Put the global state of a trained first stage (DCTDP's budget) into the pipeline."""
     if masking.first_stage.module is not None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from ahm_core.config import AHMConfig
 from ahm_core.evaluators import judges, reference_arcface
 from ahm_core.experiment import shares
+from ahm_core.federated import trained_first_stage
+from ahm_core.io import load_checkpoint
 from ahm_core.paper import measure_privacy
 from ahm_core.plots import save_k_shares
 from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
@@ -59,6 +61,8 @@ def federated_report(
     log("privacy report: masking effect, CGAN attack and identity leakage")
     judged = judges(Path(evaluator["checkpoint"]), cfg, resolve_device(cfg.train.device))
     proportions = k_proportions(summary)
+    saved = load_checkpoint(out_dir / "checkpoint.pt", required=("state",))
+    stage = trained_first_stage(saved["state"])  # the global model's, as clients mask with it
     last = summary["rounds"][-1].get("verification", {})
     final_ks = summary["rounds"][-1].get("k_histogram")
     if proportions:
@@ -71,7 +75,7 @@ def federated_report(
         "evaluator_accuracy": evaluator["verification_accuracy"],
         "k_proportions": proportions,
         "k_proportions_final_round": shares(final_ks) if final_ks else None,
-        "privacy": measure_privacy(cfg, proportions, judged, out_dir, log),
+        "privacy": measure_privacy(cfg, proportions, judged, out_dir, log, stage),
         "absent_judges": judged.absent,
     }
     return write_report(out_dir / "report.md", _markdown(cfg, summary, result), result)

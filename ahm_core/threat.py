@@ -40,7 +40,13 @@ from ahm_core.attacks import ATTACKS
 from ahm_core.cases import Case, Released, build_case
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
 from ahm_core.evaluators import Judges, judges, reference_arcface
-from ahm_core.federated import FederatedData, client_data, federated_data, unpack_state
+from ahm_core.federated import (
+    FederatedData,
+    client_data,
+    federated_data,
+    trained_first_stage,
+    unpack_state,
+)
 from ahm_core.io import load_checkpoint
 from ahm_core.metrics import LPIPS
 from ahm_core.models import build_head
@@ -170,7 +176,7 @@ def _case(
         folder,
         resolve_device(cfg.train.device),
         k_proportions(summary),
-        None if saved is None else _section(saved["state"], "first_stage") or None,
+        None if saved is None else trained_first_stage(saved["state"]),
         **holdings,
     )
 
