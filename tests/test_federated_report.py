@@ -5,8 +5,11 @@ import csv
 import json
 
 import pytest
+import torch
 
+from ahm_core.cases import build_case
 from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.federated import federated_data, initial_state, run_masking
 from ahm_core.report import federated_report
 
 TINY = {
@@ -53,8 +56,17 @@ SUMMARY = {  # what rounds.json holds after two rounds
 }
 
 
+def final_model(cfg: AHMConfig, folder) -> dict:
+    """The server's checkpoint.pt of the run: its global state (here the initial one)."""
+    data = federated_data(cfg)
+    state = initial_state(cfg, run_masking(cfg, data), data)
+    torch.save({"state": state}, folder / "checkpoint.pt")
+    return state
+
+
 def test_federated_report(tmp_path):
     cfg = apply_overrides(AHMConfig(), TINY)
+    final_model(cfg, tmp_path)
     path = federated_report(cfg, SUMMARY, tmp_path, log=lambda line: None)
     text = path.read_text()
     assert "Final verification accuracy 0.600 [0.500, 0.700] (untrained 0.500;" in text
@@ -70,3 +82,19 @@ def test_federated_report(tmp_path):
     with (tmp_path / "report.csv").open() as handle:
         rows = {row["Index"]: row for row in csv.DictReader(handle)}
     assert rows["Rank-1 identity leakage (own) [95%] (chance)"]["Ceiling"] != "-"
+
+
+def test_a_trained_first_stage_is_attacked_as_the_final_model_holds_it(tmp_path, monkeypatch):
+    cfg = apply_overrides(AHMConfig(), {**TINY, "masking.method": "dctdp_adamixup"})
+    state = final_model(cfg, tmp_path)
+    state["first_stage.logits"] = torch.linspace(-3, 3, 63)  # budget on the high channels
+    torch.save({"state": state}, tmp_path / "checkpoint.pt")
+    seen = []
+    monkeypatch.setattr(
+        "ahm_core.paper.build_case",
+        lambda *args: seen.append(args[-1]) or build_case(*args),
+    )
+    federated_report(cfg, SUMMARY, tmp_path, log=lambda line: None)
+    result = json.loads((tmp_path / "report.json").read_text())
+    torch.testing.assert_close(seen[0]["logits"], state["first_stage.logits"])
+    assert "skipped" not in result["privacy"]["attacks"]["channel_drop"]
