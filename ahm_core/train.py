@@ -137,6 +137,15 @@ class Trainer:
         total, warmup = max(1, t.epochs * steps_per_epoch), t.warmup_epochs * steps_per_epoch
         self.schedule = lambda step: _poly_with_warmup(step, warmup, total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        # The first stage anneals with the network (as TFace steps both down): a budget still
+        # moving at full rate when the network's rate reaches 0 leaves it no steps to follow.
+        self.schedulers = [(self.optimizer, self.scheduler)]
+        self.stage_scheduler = None
+        if self.stage_optimizer is not None:
+            self.stage_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.stage_optimizer, self.schedule
+            )
+            self.schedulers.append((self.stage_optimizer, self.stage_scheduler))
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # masking and mixing
         self.step = self.epoch = 0
         self.last_policy_update: dict[str, Tensor] = {}
@@ -199,7 +208,8 @@ class Trainer:
         self.optimizer.step()
         if self.stage_optimizer is not None:
             self.stage_optimizer.step()
-        self.scheduler.step()
+        for _, scheduler in self.schedulers:
+            scheduler.step()
         if update:
             with torch.no_grad(), lookahead_mode(self.backbone), self.autocast():
                 ahead = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
@@ -215,9 +225,10 @@ class Trainer:
         client joins the schedule at the server's round, however often it was sampled)."""
         self.epoch = epoch
         step = epoch * self.steps_per_epoch
-        self.scheduler.last_epoch = step
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
-            group["lr"] = base * self.schedule(step)
+        for optimizer, scheduler in self.schedulers:
+            scheduler.last_epoch = step
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.schedule(step)
 
     def loader(self, faces: FaceSet, items: Tensor, labels: Tensor) -> DataLoader:
         """Shuffled, whole-batch loader over `items`; the order depends on seed and epoch only."""
@@ -324,6 +335,7 @@ class Trainer:
             else {
                 "module": self.first_stage.state_dict(),
                 "optimizer": self.stage_optimizer.state_dict(),
+                "scheduler": self.stage_scheduler.state_dict(),
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -347,6 +359,7 @@ class Trainer:
         if self.first_stage is not None:
             self.first_stage.load_state_dict(state["first_stage"]["module"])
             self.stage_optimizer.load_state_dict(state["first_stage"]["optimizer"])
+            self.stage_scheduler.load_state_dict(state["first_stage"]["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self._pmf = None if state["policy_pmf"] is None else state["policy_pmf"].cpu()
         torch.set_rng_state(state["rng"]["torch"])

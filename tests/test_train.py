@@ -296,3 +296,22 @@ def test_a_trained_first_stage_learns_with_the_network_and_resumes_exactly(faces
     torch.testing.assert_close(
         again.masking.first_stage.allocation(), trainer.masking.first_stage.allocation()
     )
+
+
+def test_a_trained_first_stage_anneals_with_the_network(faces_and_labels):
+    faces, train, (labels, classes) = faces_and_labels
+    cfg = tiny("dctdp", **{"train.epochs": 2, "train.warmup_epochs": 0})
+    trainer = Trainer(cfg, build_masking(cfg), classes, steps_per_epoch=2)
+    base = cfg.masking.dctdp_lr
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.stage_optimizer.param_groups[0]["lr"] / base)
+        trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
+    expected = [
+        trainer.optimizer.param_groups[0]["initial_lr"] and trainer.schedule(s) for s in range(4)
+    ]
+    assert rates == pytest.approx(expected) and rates[-1] < rates[0]
+    trainer.seek(1)  # a federated client joining at round 2: both schedules at its step
+    assert trainer.stage_optimizer.param_groups[0]["lr"] == pytest.approx(
+        base * trainer.schedule(2)
+    )

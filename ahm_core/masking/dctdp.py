@@ -110,7 +110,7 @@ class DCTDP(BlockDCTStage):
         }
 
     def optimizer(self) -> torch.optim.Optimizer:
-        """Adam on the budget, as TFace trains it (at a constant rate here)."""
+        """Adam on the budget, as TFace trains it (the trainer anneals it with the network)."""
         return torch.optim.Adam(self.module.parameters(), lr=self.lr)
 
     def drop_order(self, images: Tensor) -> Tensor:
