@@ -132,8 +132,10 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
         "first_stage": metrics.get("first_stage"),  # what a trained first stage learnt
     }
     if judged is not None:
-        trained = load_checkpoint(metrics["checkpoint"], ("first_stage",))["first_stage"]
-        stage = None if trained is None else trained["module"]
+        stage = None
+        if metrics.get("first_stage"):  # a trained first stage is attacked as it was trained
+            saved = load_checkpoint(metrics["checkpoint"], ("first_stage",))
+            stage = saved["first_stage"]["module"]
         result |= measure_privacy(
             row_cfg, result["k_proportions"], judged, cached.parent, log, stage
         )
