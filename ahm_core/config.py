@@ -1,8 +1,10 @@
-"""One typed configuration schema for AHM, with validation that names the bad option.
+"""The ground floor: one typed configuration schema for AHM, its coercion and its bounds.
 
 Every entry point (notebooks, hydra simulations, Flower apps) builds an `AHMConfig` with
-`from_dict` or `apply_overrides` and calls `validate`; the science code reads only this schema.
-Numeric bounds live next to each field (`metadata={"min": ...}`) so one loop checks them all.
+`from_dict` or `apply_overrides` (coerced, bounds-checked) and then calls
+`ahm_core.checks.validate`, which checks the names against the registries above this module;
+the science code reads only this schema. Numeric bounds live next to each field
+(`metadata={"min": ...}`) so one loop checks them all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from ahm_core.freq import BLOCK
 
@@ -22,69 +24,6 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the option."""
 
 
-class MethodSpec(NamedTuple):
-    """A method of the paper's tables: a first stage composed with a mix of images in a batch."""
-
-    first_stage: str  # a key of ahm_core.masking.FIRST_STAGES
-    batch_mix: str | None  # None | "mixup" | "instahide" | "adaptive" (k per sample, the policy)
-
-
-METHODS: dict[str, MethodSpec] = {
-    "arcface": MethodSpec("rgb", None),
-    "ppfr_fd": MethodSpec("ppfr_fd", None),
-    "mixup_fd": MethodSpec("bdct", "mixup"),
-    "instahide_fd": MethodSpec("bdct", "instahide"),
-    "dp": MethodSpec("dp", None),
-    "masking_mixup": MethodSpec("ppfr_fd", "mixup"),
-    "masking_adamixup": MethodSpec("ppfr_fd", "adaptive"),
-    "mixup_rgb": MethodSpec("rgb", "mixup"),
-    "instahide_rgb": MethodSpec("rgb", "instahide"),
-    "dctdp": MethodSpec("dctdp", None),
-    "dctdp_adamixup": MethodSpec("dctdp", "adaptive"),
-}
-BACKBONES = ("ir_se_50", "ir_se_small")
-POLICY_NETS = ("resnet18", "small")
-# What the policy's reward measures: Algorithm 1's loss, or the MixUp loss at margin 0 (D6).
-POLICY_REWARDS = ("loss", "margin_free")
-# REINFORCE's baseline: a moving average over updates, or the mean of the batch's other samples.
-POLICY_BASELINES = ("moving_average", "batch_mean")
-DATA_SOURCES = ("synthetic", "folder", "insightface")
-PARTITIONS = ("identity", "iid", "dirichlet")
-FAULT_MODES = (
-    "raise",  # the client fails
-    "hang",  # the client sleeps `fault_seconds`, beyond the round timeout, then fails
-    "nan",  # NaN weights
-    "explode",  # weights x 1e6
-    "signflip",  # global - fault_scale * honest update
-    "scale",  # global + fault_scale * honest update
-    "noise",  # global + Gaussian noise of fault_scale x the honest update's norm
-    "zeros",  # every weight zero
-    "stale",  # the global model sent back untrained
-    "huge_examples",  # honest update claiming 1e9 examples
-    "zero_examples",  # honest update claiming 0 examples
-    "negative_examples",  # honest update claiming -100 examples
-    "int_tensors",  # weights as int64 of 1e12
-    "missing_metrics",  # a reply with num-examples only
-    "false_partition",  # honest update claiming partition-id -1
-)
-STRATEGIES = (
-    "fedavg",
-    "fedprox",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-)
-DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates
-DP_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
-GI_OBJECTIVES = ("global", "per_layer")  # ahm_core.attacks.gradient_inversion.OBJECTIVES
-JUDGES = ("own", "dlib")  # ahm_core.evaluators
-SYNTH_SIZES = (32, 112)
 MAX_PIXELS = 25_000_000  # 5000 x 5000: above any face photo, far below a decompression bomb
 PIL_MAX_PIXELS = 178_956_970  # PIL refuses to open larger images at all (2 x MAX_IMAGE_PIXELS)
 AC_CHANNELS = BLOCK * BLOCK - 1
@@ -156,7 +95,7 @@ class PolicyConfig:
     k_set: tuple[int, ...] = (2, 3, 4, 5)
     net: str = "resnet18"  # the strategy network: resnet18 (DESIGN D6) | small (CPU scale)
     per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
-    reward: str = "margin_free"  # loss (Algorithm 1's) | margin_free (m = 0): see POLICY_REWARDS
+    reward: str = "margin_free"  # ahm_core.policy.REWARDS: loss (Algorithm 1's) | margin_free
     baseline: str = "moving_average"  # moving_average | batch_mean (leave-one-out, per-sample k)
     alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
     beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
@@ -248,7 +187,7 @@ class FederationConfig:
     dp_clipped_count_stddev: float = field(default=0.0, metadata={"min": 0.0})
     dp_delta: float = field(default=1e-5, metadata={"min_open": 0.0, "max_open": 1.0})
     capture_clients: int = field(default=0, metadata={"min": 0})  # threat model: updates stored
-    # Injected faults, for tests and the Byzantine study (ahm_core.federated.FAULTS).
+    # Injected faults, for tests and the Byzantine study (ahm_core.faults.MODES).
     fault_fraction: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     fault_mode: str = "raise"
     fault_scale: float = field(default=10.0, metadata={"min_open": 0.0})  # signflip/scale/noise
@@ -333,40 +272,18 @@ def _check_bounds(section: str, obj: Any) -> None:
             raise ConfigError(f"{name}: must be < {meta['max_open']}, got {value}")
 
 
-def mixing_ks(cfg: AHMConfig) -> tuple[int, ...]:
-    """The k values the configured method can mix with (empty when it does not mix)."""
-    batch_mix = METHODS[cfg.masking.method].batch_mix
-    if batch_mix is None:
-        return ()
-    return tuple(cfg.policy.k_set) if batch_mix == "adaptive" else (cfg.mixup.k,)
-
-
-def validate(cfg: AHMConfig) -> AHMConfig:
-    """Raise `ConfigError` naming the first bad option; return cfg unchanged when it is sound."""
+def check_schema(cfg: AHMConfig) -> AHMConfig:
+    """Raise `ConfigError` naming the first option out of its bounds or inconsistent with another
+    of the schema; return cfg unchanged. What the registries accept is `ahm_core.checks`'."""
     for section in dataclasses.fields(cfg):
         _check_bounds(section.name, getattr(cfg, section.name))
-    check_choice("data.source", cfg.data.source, DATA_SOURCES)
-    check_choice("masking.method", cfg.masking.method, METHODS)
-    check_choice("model.backbone", cfg.model.backbone, BACKBONES)
-    check_choice("policy.net", cfg.policy.net, POLICY_NETS)
-    check_choice("policy.reward", cfg.policy.reward, POLICY_REWARDS)
-    check_choice("policy.baseline", cfg.policy.baseline, POLICY_BASELINES)
     if cfg.policy.baseline == "batch_mean" and not cfg.policy.per_sample:
         raise ConfigError(
             "policy.baseline: batch_mean needs policy.per_sample=true (with one k per batch every "
             "sample's advantage over the others' mean sums to zero); expected moving_average"
         )
-    check_choice("federation.partition", cfg.federation.partition, PARTITIONS)
-    check_choice("federation.fault_mode", cfg.federation.fault_mode, FAULT_MODES)
-    check_choice("federation.strategy", cfg.federation.strategy, STRATEGIES)
-    check_choice("federation.dp", cfg.federation.dp, DP_MODES)
-    check_choice("attack.gi_objective", cfg.attack.gi_objective, GI_OBJECTIVES)
-    for defence in cfg.attack.defences:
-        check_choice("attack.defences", defence, METHODS)
     if "own" not in cfg.attack.judges:
         raise ConfigError("attack.judges: must include own (the paper's scores use its features)")
-    for judge in cfg.attack.judges:
-        check_choice("attack.judges", judge, JUDGES)
     if not DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(
             f"train.device: unknown device {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N, "
@@ -374,45 +291,15 @@ def validate(cfg: AHMConfig) -> AHMConfig:
         )
     if cfg.data.source != "synthetic" and not cfg.data.root:
         raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
-    size = cfg.data.image_size
-    if cfg.data.source == "synthetic" and not SYNTH_SIZES[0] <= size <= SYNTH_SIZES[1]:
-        raise ConfigError(f"data.image_size: synthetic faces take {SYNTH_SIZES}, got {size}")
-    from ahm_core.masking import FIRST_STAGES  # these modules import this one
-    from ahm_core.models.backbones import check_stages, stage_blocks
-
-    FIRST_STAGES[METHODS[cfg.masking.method].first_stage].check(cfg)
-
-    check_stages(stage_blocks(cfg.model), size)
     if not cfg.policy.k_set:
         raise ConfigError("policy.k_set: the candidate set of k is empty")
     for k in cfg.policy.k_set:
         if k < 2:
             raise ConfigError(f"policy.k_set: k must be >= 2 (k images mixed), got {k}")
-    ks = mixing_ks(cfg)
-    key = "policy.k_set" if METHODS[cfg.masking.method].batch_mix == "adaptive" else "mixup.k"
-    for k in ks:
-        if k > cfg.train.batch_size:
-            raise ConfigError(f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}")
-    if ks and not 1.0 / min(ks) < cfg.mixup.max_coef <= 1.0:
-        raise ConfigError(
-            f"mixup.max_coef: must be in (1/{min(ks)}, 1] so {min(ks)} coefficients summing to "
-            f"1 can all stay below it, got {cfg.mixup.max_coef}"
-        )
     if cfg.federation.min_clients > cfg.federation.num_clients:
         raise ConfigError(
             f"federation.min_clients: {cfg.federation.min_clients} exceeds "
             f"federation.num_clients={cfg.federation.num_clients}"
-        )
-    f = cfg.federation
-    if f.strategy == "bulyan" and f.min_clients < 4 * f.malicious_clients + 3:
-        raise ConfigError(
-            f"federation.min_clients: bulyan needs 4 * federation.malicious_clients + 3 = "
-            f"{4 * f.malicious_clients + 3} clients a round, got {f.min_clients}"
-        )
-    if f.dp != "none" and f.strategy not in DP_STRATEGIES:
-        raise ConfigError(
-            f"federation.dp: DP-FedAvg's noise is calibrated to a mean of clipped updates; "
-            f"expected federation.strategy in {', '.join(DP_STRATEGIES)}, got {f.strategy}"
         )
     return cfg
 
@@ -480,8 +367,9 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
 
 
 def from_dict(values: dict[str, Any]) -> AHMConfig:
-    """Build and validate a config from nested mappings (YAML/hydra shape); missing keys default."""
-    return validate(_build(AHMConfig, dict(values), ""))
+    """Build a config from nested mappings (YAML/hydra shape), coerced and bounds-checked;
+    missing keys default."""
+    return check_schema(_build(AHMConfig, dict(values), ""))
 
 
 def to_dict(cfg: AHMConfig) -> dict[str, Any]:
@@ -497,7 +385,7 @@ def to_dict(cfg: AHMConfig) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: AHMConfig, overrides: dict[str, Any]) -> AHMConfig:
-    """Return a validated copy of cfg with dotted keys replaced, e.g. {"mixup.k": 3}."""
+    """A copy of cfg with dotted keys replaced, e.g. {"mixup.k": 3}, as `from_dict`."""
     return from_flat({**to_flat(cfg), **overrides})
 
 
@@ -511,7 +399,7 @@ def to_flat(cfg: AHMConfig) -> dict[str, bool | int | float | str]:
 
 
 def from_flat(flat: dict[str, Any]) -> AHMConfig:
-    """Build and validate a config from `section.key` entries (a Flower run config)."""
+    """Build a config from `section.key` entries (a Flower run config), as `from_dict`."""
     values: dict[str, dict[str, Any]] = {}
     for dotted, value in flat.items():
         section, _, key = dotted.partition(".")

@@ -18,7 +18,8 @@ from ahm_core.metrics.dlib_face import DlibDescriptor, dlib_unavailable
 from ahm_core.metrics.privacy import FeatureModel
 from ahm_core.models import build_backbone
 
-OWN, DLIB = "own", "dlib"  # the judges' names (config.JUDGES), as reports print them
+OWN, DLIB = "own", "dlib"  # the judges' names, as reports print them
+JUDGES = (OWN, DLIB)  # attack.judges
 
 
 class Judges(NamedTuple):

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ahm_core.config import METHODS, AHMConfig, ConfigError, to_dict
+from ahm_core.config import AHMConfig, ConfigError, to_dict
 from ahm_core.data.base import FaceSet
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.evaluate import benchmark_line
 from ahm_core.io import atomic_write
 from ahm_core.masking import MaskingPipeline, build_masking, first_stage_of
+from ahm_core.masking.methods import METHODS
 from ahm_core.plots import save_k_shares
 from ahm_core.train import Trainer
 

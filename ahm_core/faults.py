@@ -18,6 +18,23 @@ from torch import Tensor
 
 from ahm_core.config import AHMConfig
 
+MODES = (  # federation.fault_mode
+    "raise",  # the client fails
+    "hang",  # the client sleeps `fault_seconds`, beyond the round timeout, then fails
+    "nan",  # NaN weights
+    "explode",  # weights x 1e6
+    "signflip",  # global - fault_scale * honest update
+    "scale",  # global + fault_scale * honest update
+    "noise",  # global + Gaussian noise of fault_scale x the honest update's norm
+    "zeros",  # every weight zero
+    "stale",  # the global model sent back untrained
+    "huge_examples",  # honest update claiming 1e9 examples
+    "zero_examples",  # honest update claiming 0 examples
+    "negative_examples",  # honest update claiming -100 examples
+    "int_tensors",  # weights as int64 of 1e12
+    "missing_metrics",  # a reply with num-examples only
+    "false_partition",  # honest update claiming partition-id -1
+)
 State = dict[str, Tensor]
 Metrics = dict[str, Any]
 EXPLODE_SCALE = 1e6  # what an `explode` fault multiplies a client's weights by

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import Tensor
 
+from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, apply_overrides, from_flat, to_dict, to_flat
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs, make_pairs
@@ -52,7 +53,7 @@ APP_DEFAULTS: dict[str, bool | int | float | str] = {
 def split_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]]:
     """A Flower run config -> the validated AHMConfig and the app options (APP_DEFAULTS keys)."""
     options = {key: flat.get(key, default) for key, default in APP_DEFAULTS.items()}
-    cfg = from_flat({k: v for k, v in flat.items() if k not in APP_DEFAULTS})
+    cfg = validate(from_flat({k: v for k, v in flat.items() if k not in APP_DEFAULTS}))
     return cfg, options
 
 

@@ -31,7 +31,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from ahm_core.config import POLICY_BASELINES, POLICY_NETS, PolicyConfig
+from ahm_core.config import PolicyConfig
+
+NETS = ("resnet18", "small")  # the strategy network: the paper's ResNet-18, or CPU scale
+# What the reward measures: Algorithm 1's loss, or the MixUp loss at margin 0 (DESIGN D6), in
+# the order of `MixUpArcFace.losses`.
+REWARDS = ("loss", "margin_free")
+# REINFORCE's baseline: a moving average over updates, or the mean of the batch's other samples.
+BASELINES = ("moving_average", "batch_mean")
 
 
 def _small_net(in_channels: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
@@ -51,8 +58,8 @@ class StrategyNet(nn.Module):
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1 (masked channel count), got {in_channels}")
-        if arch not in POLICY_NETS:
-            raise ValueError(f"arch: expected one of {POLICY_NETS}, got {arch!r}")
+        if arch not in NETS:
+            raise ValueError(f"arch: expected one of {NETS}, got {arch!r}")
         norm = functools.partial(nn.BatchNorm2d, track_running_stats=False)
         if arch == "resnet18":
             net = resnet18(weights=None, norm_layer=norm)
@@ -106,8 +113,8 @@ class AdaptivePolicy:
     ) -> None:
         if net.fc.out_features != len(k_set):
             raise ValueError(f"net has {net.fc.out_features} outputs for {len(k_set)} values of k")
-        if baseline not in POLICY_BASELINES:
-            raise ValueError(f"baseline: expected one of {POLICY_BASELINES}, got {baseline!r}")
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline: expected one of {BASELINES}, got {baseline!r}")
         if baseline == "batch_mean" and not per_sample:
             raise ValueError("baseline batch_mean needs per-sample k")
         self.leave_one_out = baseline == "batch_mean"

@@ -28,20 +28,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ahm_core.config import (
-    POLICY_REWARDS,
-    AHMConfig,
-    ConfigError,
-    refuse_changed_config,
-    to_dict,
-)
+from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
 from ahm_core.evaluate import evaluate_verification
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
-from ahm_core.policy import build_policy
+from ahm_core.policy import REWARDS, build_policy
 
 PROGRESS_EVERY = 10  # batches between progress-bar updates (each reads back from the device)
 
@@ -119,7 +113,7 @@ class Trainer:
         self.policy = None
         if masking.batch_mix == "adaptive":
             self.policy = build_policy(cfg.policy, masking.in_channels).to(self.device)
-        self._reward = POLICY_REWARDS.index(cfg.policy.reward)  # in `MixUpArcFace.losses`' order
+        self._reward = REWARDS.index(cfg.policy.reward)  # in `MixUpArcFace.losses`' order
         # A trained first stage (DCTDP's budget) learns with the network, by its own optimiser.
         self.first_stage = masking.first_stage.module
         self.stage_optimizer = None

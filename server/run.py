@@ -23,11 +23,12 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ahm_core.config import AHMConfig, mixing_ks, refuse_changed_config, to_dict
+from ahm_core.config import AHMConfig, refuse_changed_config, to_dict
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.evaluate import benchmark_line
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
 from ahm_core.io import atomic_write, load_checkpoint
+from ahm_core.masking.methods import mixing_ks
 from server.metrics import ServerMetrics
 from server.privacy import epsilon_spent
 from server.replies import Limits

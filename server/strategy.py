@@ -53,7 +53,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from ahm_core.config import AHMConfig, ConfigError, FederationConfig
+from ahm_core.config import AHMConfig, ConfigError, FederationConfig, check_choice
 from ahm_core.io import atomic_write
 from ahm_core.screening import bounded_weights, screen_round
 from server.replies import (
@@ -103,6 +103,7 @@ STRATEGIES: dict[str, tuple[type[Strategy], Any]] = {
     ),
     "bulyan": (Bulyan, lambda f, cfg: {"num_malicious_nodes": f.malicious_clients}),
 }
+DP_STRATEGIES = ("fedavg", "fedprox")  # a plain mean of the clipped updates, as DP needs
 # federation.dp -> (Flower's wrapper, its parameters besides the wrapped strategy)
 DP_WRAPPERS: dict[str, tuple[type[Strategy], Any]] = {
     "server_fixed": (
@@ -133,6 +134,23 @@ DP_WRAPPERS: dict[str, tuple[type[Strategy], Any]] = {
 # State a server optimiser keeps between rounds, by attribute of Flower's strategies.
 OPTIMISER_STATE = ("current_arrays", "momentum_vector", "m_t", "v_t")
 DP_STATE = ("clipping_norm",)
+
+
+def check_strategy(f: FederationConfig) -> None:
+    """Raise `ConfigError` unless `federation.strategy` and `federation.dp` name one of
+    `STRATEGIES` and `DP_WRAPPERS` and fit together."""
+    check_choice("federation.strategy", f.strategy, STRATEGIES)
+    check_choice("federation.dp", f.dp, ("none", *DP_WRAPPERS))
+    if f.strategy == "bulyan" and f.min_clients < 4 * f.malicious_clients + 3:
+        raise ConfigError(
+            f"federation.min_clients: bulyan needs 4 * federation.malicious_clients + 3 = "
+            f"{4 * f.malicious_clients + 3} clients a round, got {f.min_clients}"
+        )
+    if f.dp != "none" and f.strategy not in DP_STRATEGIES:
+        raise ConfigError(
+            f"federation.dp: DP-FedAvg's noise is calibrated to a mean of clipped updates; "
+            f"expected federation.strategy in {', '.join(DP_STRATEGIES)}, got {f.strategy}"
+        )
 
 
 def _adaptive(f: FederationConfig, n: int) -> dict[str, Any]:
@@ -401,6 +419,7 @@ def build_strategy(
     """`federation.strategy` (inside `federation.dp`'s wrapper when set) with `Guarded` mixed
     in before it."""
     f = cfg.federation
+    check_strategy(f)
     base, params = STRATEGIES[f.strategy]
     kwargs: dict[str, Any] = {
         "fraction_train": f.fraction_train,

@@ -12,7 +12,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, from_dict
+from server.strategy import check_strategy
 
 
 @dataclass
@@ -67,4 +69,6 @@ def split_run_config(hcfg: DictConfig) -> tuple[AHMConfig, dict[str, Any]]:
     values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
     sections = {f.name for f in fields(AHMConfig)}
     options = {key: values.pop(key) for key in list(values) if key not in sections}
-    return from_dict(values), options
+    cfg = validate(from_dict(values))
+    check_strategy(cfg.federation)
+    return cfg, options

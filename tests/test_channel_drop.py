@@ -9,8 +9,9 @@ import torch
 from ahm_core.attacks import ATTACKS
 from ahm_core.attacks.cgan import cgan_for
 from ahm_core.cases import build_case
-from ahm_core.config import METHODS, AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, verification_split
+from ahm_core.masking.methods import METHODS
 
 KEPT = 6
 

@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from ahm_core.checks import validate
 from ahm_core.config import (
     AHMConfig,
     ConfigError,
@@ -14,7 +15,6 @@ from ahm_core.config import (
     from_dict,
     refuse_changed_config,
     to_dict,
-    validate,
 )
 from ahm_core.federated import split_run_config
 
@@ -114,7 +114,7 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "option", "phrase"), BAD)
 def test_bad_config_gives_one_clear_error(overrides, option, phrase):
     with pytest.raises(ConfigError) as err:
-        apply_overrides(AHMConfig(), overrides)
+        validate(apply_overrides(AHMConfig(), overrides))
     message = str(err.value)
     assert message.startswith(option) and phrase in message
     assert "\n" not in message

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ahm_core.config import METHODS, AHMConfig, ConfigError, MethodSpec, apply_overrides
+from ahm_core.config import AHMConfig, ConfigError, apply_overrides
 from ahm_core.data.synthetic import render_faces
 from ahm_core.freq import bdct_explicit, ibdct, minmax
 from ahm_core.masking import DCTDP, FIRST_STAGES, build_masking, to_gray
 from ahm_core.masking.dp import laplace
+from ahm_core.masking.methods import METHODS, MethodSpec
 
 SIZE = 32
 STAGE_METHOD = {spec.first_stage: m for m, spec in reversed(METHODS.items())}  # the first

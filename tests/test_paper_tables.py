@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize
 
 from ahm_core import evaluators
-from ahm_core.config import METHODS
 from ahm_core.data.sources import load_faces, verification_split
+from ahm_core.masking.methods import METHODS
 from ahm_core.paper import TABLE1_RGB, TABLE2, run_tables
 from simulations.schema import register, split_run_config
 

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from ahm_core.config import METHODS, AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.synthetic import render_faces
 from ahm_core.experiment import FIT_IMAGES, fit_items
 from ahm_core.masking import EigenfaceDP, build_masking, first_stage_of, to_gray
+from ahm_core.masking.methods import METHODS
 
 SIZE = 48
 

@@ -10,10 +10,11 @@ import torch
 from flwr.app import MessageType
 from opacus.accountants import RDPAccountant
 
-from ahm_core.config import DP_MODES, STRATEGIES, AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.federated import federated_data, initial_state, local_train, run_masking
 from ahm_core.screening import floating_keys, norm
 from server.privacy import epsilon_spent
+from server.strategy import DP_WRAPPERS, STRATEGIES
 from simulations.local import LocalGrid, run_local
 
 NODES = 3
@@ -47,7 +48,7 @@ def test_each_strategy_trains_a_round_with_checks_and_screening(strategy, tmp_pa
     )
 
 
-@pytest.mark.parametrize("dp", [m for m in DP_MODES if m != "none"])
+@pytest.mark.parametrize("dp", DP_WRAPPERS)
 def test_dp_fedavg_clips_adds_noise_and_accounts(dp, tmp_path):
     clip = 0.05
     cfg = config(

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from ahm_core.attacks import ATTACKS
-from ahm_core.config import METHODS, AHMConfig
+from ahm_core.config import AHMConfig
+from ahm_core.masking.methods import METHODS
 
 
 def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ahm_core.config import METHODS, AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, relabel, verification_split
 from ahm_core.experiment import run_centralized
 from ahm_core.masking import build_masking
+from ahm_core.masking.methods import METHODS
 from ahm_core.train import Trainer, _poly_with_warmup, lookahead_mode
 
 TINY = {

@@ -32,6 +32,7 @@ from ahm_core.data.base import (
     decode_image,
     open_image,
 )
+from ahm_core.data.sources import Source, register
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp")
 log = logging.getLogger(__name__)
@@ -204,3 +205,9 @@ def _complete(img: Image.Image) -> bool:
         depth = {"L": 1, "RGB": 3, "I": 2, "I;16": 2, "I;16B": 2}.get(img.mode, 1)
         return length >= offset + img.size[0] * img.size[1] * depth
     return True
+
+
+register(
+    "folder",
+    Source(lambda cfg: FolderFaces(cfg.root, cfg.image_size, cfg.min_images, cfg.max_pixels)),
+)

@@ -45,6 +45,7 @@ from ahm_core.data.base import (
     open_image,
     open_regular,
 )
+from ahm_core.data.sources import Source, register
 from ahm_core.io import atomic_write
 
 MAGIC = 0xCED7230A
@@ -539,3 +540,12 @@ def load_bin_pairs(
             why = _one_line(err).removeprefix("<bytes>: ")
             raise type(err)(f"{path}: image {i}: {why}") from None
     return out, torch.tensor(flags, dtype=torch.bool)
+
+
+register(
+    "insightface",
+    Source(
+        lambda cfg: RecordIOFaces(cfg.root, cfg.image_size, cfg.max_pixels),
+        errors=(InsightFaceFormatError,),
+    ),
+)

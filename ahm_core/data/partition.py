@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ahm_core.config import PARTITIONS
+SCHEMES = ("identity", "iid", "dirichlet")  # federation.partition
 
 
 class ClientPartition(NamedTuple):
@@ -39,8 +39,8 @@ def partition(
     A client with fewer than `min_size` training items is an error, or is dropped when
     `drop_small` (the others keep their data; the result is shorter).
     """
-    if scheme not in PARTITIONS:
-        raise ValueError(f"partition scheme: unknown {scheme!r}; expected one of {PARTITIONS}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"partition scheme: unknown {scheme!r}; expected one of {SCHEMES}")
     if num_clients < 1 or not 0 <= val_fraction < 1:
         raise ValueError(
             f"need num_clients >= 1, 0 <= val_fraction < 1: {num_clients}, {val_fraction}"

@@ -1,8 +1,13 @@
-"""From the data config to a face set, and to the identity-disjoint train / verification split."""
+"""From the data config to a face set, and to the identity-disjoint train / verification split.
+
+A face source is registered in `SOURCES` by its own module (`register`, imported in
+`ahm_core/data/__init__.py`): a new format is one module and one import line.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -15,22 +20,34 @@ from ahm_core.data.pairs import Pairs, holdout_identities, make_pairs
 log = logging.getLogger(__name__)
 
 
+def _no_check(cfg: DataConfig) -> None:
+    """A source whose options need no check beyond the schema's bounds."""
+
+
+class Source(NamedTuple):
+    """A face source: its face set from the data config, the options it checks before anything
+    loads, and its bad-input errors (an entry point shows them as one line)."""
+
+    load: Callable[[DataConfig], FaceSet]
+    check: Callable[[DataConfig], None] = _no_check
+    errors: tuple[type[Exception], ...] = ()
+    needs_root: bool = True  # data.root names its files
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register(name: str, source: Source) -> Source:
+    """Add `source` to `SOURCES` as `data.source=name`."""
+    if name in SOURCES:
+        raise ValueError(f"data source {name!r} is already registered")
+    SOURCES[name] = source
+    return source
+
+
 def load_faces(cfg: DataConfig) -> FaceSet:
-    """The face set `cfg.source` names, at `cfg.image_size`, no image over `cfg.max_pixels`;
-    prints its one summary line."""
-    if cfg.source == "synthetic":
-        from ahm_core.data.synthetic import SynthFaces
-
-        faces = SynthFaces(cfg.num_identities, cfg.images_per_identity, cfg.image_size, cfg.seed)
-        log.info("synthetic faces: %d identities, %d images", faces.num_identities, len(faces))
-        return faces
-    if cfg.source == "folder":
-        from ahm_core.data.folders import FolderFaces
-
-        return FolderFaces(cfg.root, cfg.image_size, cfg.min_images, cfg.max_pixels)
-    from ahm_core.data.insightface import RecordIOFaces
-
-    return RecordIOFaces(cfg.root, cfg.image_size, cfg.max_pixels)
+    """The face set `cfg.source` names, at `cfg.image_size`, no image over `cfg.max_pixels`."""
+    return SOURCES[cfg.source].load(cfg)
 
 
 class Split(NamedTuple):

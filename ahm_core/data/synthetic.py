@@ -11,6 +11,7 @@ image is the same whatever the set's size, batch or order; rendering is vectoris
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -21,10 +22,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ahm_core.config import ConfigError, DataConfig
 from ahm_core.data.base import FaceSet
+from ahm_core.data.sources import Source, register
 from ahm_core.io import atomic_write
 
 SIZES = (32, 112)
+log = logging.getLogger(__name__)
 RENDER_CHUNK = 32  # images rendered together: small enough for each temporary to stay in cache
 NOISE_BANK = 64
 
@@ -348,3 +352,17 @@ def write_image_folder(faces: FaceSet, root: str | os.PathLike) -> Path:
             path = root / f"id_{label:05d}" / f"{number:03d}.png"
             atomic_write(path, functools.partial(_save_png, picture))
     return root
+
+
+def _load(cfg: DataConfig) -> SynthFaces:
+    faces = SynthFaces(cfg.num_identities, cfg.images_per_identity, cfg.image_size, cfg.seed)
+    log.info("synthetic faces: %d identities, %d images", faces.num_identities, len(faces))
+    return faces
+
+
+def _check(cfg: DataConfig) -> None:
+    if not SIZES[0] <= cfg.image_size <= SIZES[1]:
+        raise ConfigError(f"data.image_size: synthetic faces take {SIZES}, got {cfg.image_size}")
+
+
+register("synthetic", Source(_load, _check, needs_root=False))

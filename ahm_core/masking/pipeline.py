@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ahm_core.config import METHODS, AHMConfig, validate
+from ahm_core.config import AHMConfig, check_choice
 from ahm_core.freq import check_images
 from ahm_core.masking.first_stage import FIRST_STAGES, FirstStage
+from ahm_core.masking.methods import METHODS
 from ahm_core.masking.mixup import Mixed, instahide, mixup
 
 
@@ -91,9 +92,11 @@ def first_stage_of(cfg: AHMConfig) -> type[FirstStage]:
 
 
 def build_masking(cfg: AHMConfig, fit_images: Tensor | None = None) -> MaskingPipeline:
-    """The pipeline of `cfg.masking.method`; a fitted first stage (DP) fits on `fit_images`."""
-    validate(cfg)
+    """The pipeline of `cfg.masking.method`; a fitted first stage (DP) fits on `fit_images`.
+    It checks the method and its stage's options (a notebook may skip `checks.validate`)."""
+    check_choice("masking.method", cfg.masking.method, METHODS)
     spec, stage_class = METHODS[cfg.masking.method], first_stage_of(cfg)
+    stage_class.check(cfg)
     stage = stage_class.from_config(cfg)
     if stage_class.fitted:
         if fit_images is None:

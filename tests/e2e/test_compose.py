@@ -39,7 +39,7 @@ from packaging.version import Version
 from server.metrics import ServerMetrics
 from simulations.flower import OFFLINE, free_port, run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 BIN = Path(sys.executable).parent
 OVERLAYS = ["with-tls.yml", "gpu.yml"]
