@@ -6,36 +6,13 @@ import json
 
 import pytest
 import torch
+from scales import REPORT, config
 
 from ahm_core.cases import build_case
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig
 from ahm_core.federated import federated_data, initial_state, run_masking
 from ahm_core.report import federated_report
 
-TINY = {
-    "data.num_identities": 16,
-    "data.images_per_identity": 6,
-    "data.image_size": 32,
-    "data.num_pairs": 60,
-    "model.backbone": "ir_se_small",
-    "model.blocks": (1, 1, 1),
-    "model.width": 8,
-    "model.embedding_size": 32,
-    "train.batch_size": 16,
-    "train.progress": False,
-    "masking.method": "masking_adamixup",
-    "policy.k_set": (2, 3),
-    "policy.net": "small",
-    "federation.rounds": 1,
-    "federation.local_epochs": 1,
-    "attack.victims": 12,
-    "attack.aux_images": 16,
-    "attack.cgan_epochs": 1,
-    "attack.ngf": 8,
-    "attack.ndf": 8,
-    "attack.lpips_calibrated": False,
-    "attack.judges": ("own",),
-}
 SUMMARY = {  # what rounds.json holds after two rounds
     "final_accuracy": 0.6,
     "rounds": [
@@ -65,7 +42,7 @@ def final_model(cfg: AHMConfig, folder) -> dict:
 
 
 def test_federated_report(tmp_path):
-    cfg = apply_overrides(AHMConfig(), TINY)
+    cfg = config(REPORT)
     final_model(cfg, tmp_path)
     path = federated_report(cfg, SUMMARY, tmp_path, log=lambda line: None)
     text = path.read_text()
@@ -85,7 +62,7 @@ def test_federated_report(tmp_path):
 
 
 def test_a_trained_first_stage_is_attacked_as_the_final_model_holds_it(tmp_path, monkeypatch):
-    cfg = apply_overrides(AHMConfig(), {**TINY, "masking.method": "dctdp_adamixup"})
+    cfg = config(REPORT, **{"masking.method": "dctdp_adamixup"})
     state = final_model(cfg, tmp_path)
     state["first_stage.logits"] = torch.linspace(-3, 3, 63)  # budget on the high channels
     torch.save({"state": state}, tmp_path / "checkpoint.pt")

@@ -1,50 +1,31 @@
 """The Flower-free federated task: partitions, local rounds, client state, screening, faults."""
 
 import pytest
-import test_train
 import torch
+from scales import FEDERATED, config, federated_client
 
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig
 from ahm_core.federated import (
     ClientStateStore,
     client_data,
-    federated_data,
     initial_state,
     local_evaluate,
     local_train,
     pack_state,
-    run_masking,
     split_run_config,
     unpack_state,
 )
 from ahm_core.train import Trainer
 
-TINY = {
-    **test_train.TINY,  # the training tests' tiny scale, with more images and a federation
-    "data.images_per_identity": 8,
-    "train.epochs": 1,
-    "policy.k_set": (2, 3),
-    "masking.method": "masking_adamixup",
-    "federation.rounds": 3,
-    "federation.val_fraction": 0.25,
-    "federation.eval_pairs": 40,
-}
-
 
 def tiny(**extra) -> AHMConfig:
-    return apply_overrides(AHMConfig(), {**TINY, **extra})
-
-
-def setup(cfg: AHMConfig, partition_id: int = 0, num_partitions: int = 2):
-    data = federated_data(cfg)
-    masking = run_masking(cfg, data)
-    return data, masking, client_data(cfg, data, partition_id, num_partitions)
+    return config(FEDERATED, **extra)
 
 
 def test_partitions_are_disjoint_people_with_local_labels():
     cfg = tiny()
-    data, _, first = setup(cfg, 0)
-    _, _, second = setup(cfg, 1)
+    data, _, first = federated_client(cfg, 0)
+    _, _, second = federated_client(cfg, 1)
     people = [set(data.faces.labels[c.items].tolist()) for c in (first, second)]
     assert people[0] and people[1] and not people[0] & people[1]
     for client, ids in zip((first, second), people, strict=True):
@@ -59,7 +40,7 @@ def test_partitions_are_disjoint_people_with_local_labels():
 
 def test_a_shared_head_spans_every_training_identity():
     cfg = tiny(**{"federation.share_head": True})
-    data, masking, client = setup(cfg)
+    data, masking, client = federated_client(cfg)
     assert client.num_classes == data.num_classes
     state = initial_state(cfg, masking, data)
     assert state["head.weight"].shape[0] == data.num_classes
@@ -69,7 +50,7 @@ def test_a_shared_head_spans_every_training_identity():
 
 def test_a_local_round_trains_only_the_backbone_it_shares():
     cfg = tiny()
-    data, masking, client = setup(cfg)
+    data, masking, client = federated_client(cfg)
     start = initial_state(cfg, masking, data)
     assert all(k.startswith("backbone.") for k in start)
     result = local_train(cfg, data, client, masking, start, 1)
@@ -88,7 +69,7 @@ def test_a_local_round_trains_only_the_backbone_it_shares():
 def test_client_state_carries_head_optimiser_policy_and_rngs_exactly():
     """Round 2 from unpacked bytes equals round 2 from the state the client kept."""
     cfg = tiny()
-    data, masking, client = setup(cfg)
+    data, masking, client = federated_client(cfg)
     start = initial_state(cfg, masking, data)
     first = local_train(cfg, data, client, masking, start, 1)
     again = local_train(cfg, data, client, masking, first.shared, 2, first.state)
@@ -102,7 +83,7 @@ def test_client_state_carries_head_optimiser_policy_and_rngs_exactly():
 
 def test_seek_joins_the_schedule_at_an_epoch():
     cfg = tiny(**{"train.epochs": 4, "train.warmup_epochs": 1})
-    _, masking, client = setup(cfg)
+    _, masking, client = federated_client(cfg)
     stepped = Trainer(cfg, masking, client.num_classes, 3)
     for _ in range(6):
         stepped.optimizer.step()
@@ -136,7 +117,7 @@ def test_run_config_splits_into_config_and_app_options():
 
 def test_pack_state_leaves_the_backbone_out():
     cfg = tiny()
-    _, masking, client = setup(cfg)
+    _, masking, client = federated_client(cfg)
     trainer = Trainer(cfg, masking, client.num_classes, 2)
     state = unpack_state(pack_state(trainer))
     assert "backbone" not in state and "head" in state
@@ -144,7 +125,7 @@ def test_pack_state_leaves_the_backbone_out():
 
 def test_a_trained_first_stage_travels_with_the_global_model():
     cfg = tiny(**{"masking.method": "dctdp_adamixup", "masking.dctdp_epsilon": 10.0})
-    data, masking, client = setup(cfg)
+    data, masking, client = federated_client(cfg)
     start = initial_state(cfg, masking, data)
     assert {"first_stage.logits", "first_stage.shift"} <= start.keys()
     result = local_train(cfg, data, client, masking, start, 1)

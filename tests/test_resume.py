@@ -9,9 +9,8 @@ import os
 import pickle
 
 import pytest
-import test_strategies
 import torch
-from test_train import tiny
+from scales import NODES, ONE_ROUND, config
 
 import ahm_core.experiment
 from ahm_core import io as ahm_io
@@ -25,8 +24,8 @@ def _history(metrics: dict) -> list[int]:
     return [epoch["epoch"] for epoch in metrics["history"]]
 
 
-def test_a_centralized_run_refuses_to_resume_under_another_config(tmp_path):
-    cfg = tiny("ppfr_fd", **{"train.epochs": 1})
+def test_a_centralized_run_refuses_to_resume_under_another_config(tmp_path, tiny):
+    cfg = tiny(**{"masking.method": "ppfr_fd", "train.epochs": 1})
     run_centralized(cfg, tmp_path)
     other = apply_overrides(cfg, {"masking.key_seed": 7, "train.lr": 0.5, "train.epochs": 2})
     with pytest.raises(ConfigError) as err:
@@ -38,8 +37,8 @@ def test_a_centralized_run_refuses_to_resume_under_another_config(tmp_path):
     assert _history(longer) == [1, 2]
 
 
-def test_a_kill_between_checkpoint_and_metrics_loses_no_epoch(tmp_path, monkeypatch):
-    cfg = tiny("ppfr_fd")  # 2 epochs
+def test_a_kill_between_checkpoint_and_metrics_loses_no_epoch(tmp_path, monkeypatch, tiny):
+    cfg = tiny(**{"masking.method": "ppfr_fd"})  # 2 epochs
     write = ahm_core.experiment._write_metrics
     calls = []
 
@@ -63,15 +62,15 @@ def test_a_kill_between_checkpoint_and_metrics_loses_no_epoch(tmp_path, monkeypa
 
 
 def test_a_federated_rerun_repairs_a_stale_rounds_json(tmp_path):
-    cfg = test_strategies.config()
-    done = run_local(cfg, tmp_path, test_strategies.NODES)
+    cfg = config(ONE_ROUND)
+    done = run_local(cfg, tmp_path, NODES)
     stale = {**done, "rounds": done["rounds"][:1], "final_accuracy": 0.123}
     (tmp_path / "rounds.json").write_text(json.dumps(stale))  # killed before rounds.json
-    repaired = run_local(cfg, tmp_path, test_strategies.NODES)  # all rounds done: no training
+    repaired = run_local(cfg, tmp_path, NODES)  # all rounds done: no training
     assert json.loads((tmp_path / "rounds.json").read_text()) == repaired == done
     other = apply_overrides(cfg, {"federation.strategy": "fedmedian"})
     with pytest.raises(ConfigError, match=r"federation\.strategy 'fedavg' -> 'fedmedian'"):
-        run_local(other, tmp_path, test_strategies.NODES)
+        run_local(other, tmp_path, NODES)
 
 
 def _global(path):
@@ -99,11 +98,11 @@ def _pickled(path):
         (_pickled, "not a readable checkpoint"),
     ],
 )
-def test_a_bad_checkpoint_is_one_line_naming_the_file(make, reason, tmp_path):
+def test_a_bad_checkpoint_is_one_line_naming_the_file(make, reason, tmp_path, tiny):
     checkpoint = tmp_path / "checkpoint.pt"
     make(checkpoint)
     with pytest.raises(CheckpointError) as err:
-        run_centralized(tiny("ppfr_fd", **{"train.epochs": 1}), tmp_path)
+        run_centralized(tiny(**{"masking.method": "ppfr_fd", "train.epochs": 1}), tmp_path)
     message = str(err.value)
     assert message.startswith(f"{checkpoint}: {reason}"), message
     assert "\n" not in message and "weights_only" not in message

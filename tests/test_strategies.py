@@ -5,38 +5,26 @@ proximal term, and the DP accountant against a hand computation."""
 import math
 
 import pytest
-import test_federated_task
 import torch
 from flwr.app import MessageType
 from opacus.accountants import RDPAccountant
+from scales import FEDERATED, NODES, ONE_ROUND, config, federated_client
 
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig
 from ahm_core.federated import federated_data, initial_state, local_train, run_masking
 from ahm_core.screening import floating_keys, norm
 from server.privacy import epsilon_spent
 from server.strategy import DP_WRAPPERS, STRATEGIES
 from simulations.local import LocalGrid, run_local
 
-NODES = 3
-ONE_ROUND = {
-    **test_federated_task.TINY,
-    "masking.method": "ppfr_fd",
-    "federation.rounds": 1,
-    "federation.local_epochs": 1,
-    "federation.num_clients": NODES,
-    "federation.min_clients": NODES,
-    "federation.malicious_clients": 0,  # Bulyan needs 4f + 3 clients: f = 0 with 3
-    "federation.fraction_evaluate": 0.0,
-}
 
-
-def config(**extra) -> AHMConfig:
-    return apply_overrides(AHMConfig(), {**ONE_ROUND, **extra})
+def one_round(**extra) -> AHMConfig:
+    return config(ONE_ROUND, **extra)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_trains_a_round_with_checks_and_screening(strategy, tmp_path):
-    summary = run_local(config(**{"federation.strategy": strategy}), tmp_path, NODES)
+    summary = run_local(one_round(**{"federation.strategy": strategy}), tmp_path, NODES)
     r = summary["rounds"][1]
     assert (r["sampled"], r["succeeded"], r["accepted"], r["rejected"]) == (NODES, NODES, NODES, {})
     assert r["aggregated"] == (1 if strategy == "krum" else NODES)
@@ -85,7 +73,7 @@ def test_dp_clipping_bounds_what_a_round_can_move(dp, tmp_path):
     end = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]
     keys = floating_keys(end)
     assert 0 < norm({k: end[k] - start[k] for k in keys}, keys) < 1.01 * clip
-    unclipped = run_local(config(), tmp_path / "plain", NODES)
+    unclipped = run_local(one_round(), tmp_path / "plain", NODES)
     plain = torch.load(unclipped["checkpoint"], weights_only=True)["state"]
     assert norm({k: plain[k] - start[k] for k in keys}, keys) > 100 * clip
 
@@ -104,7 +92,7 @@ class KilledGrid(LocalGrid):
 
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
 def test_resume_is_exact_with_a_stateful_server_optimiser(strategy, tmp_path):
-    cfg = config(**{"federation.strategy": strategy, "federation.rounds": 2})
+    cfg = one_round(**{"federation.strategy": strategy, "federation.rounds": 2})
     whole = run_local(cfg, tmp_path / "whole", NODES, **{"client-state-dir": str(tmp_path / "w")})
     broken, state_dir = tmp_path / "broken", {"client-state-dir": str(tmp_path / "clients")}
     with pytest.raises(KeyboardInterrupt):
@@ -124,9 +112,9 @@ def test_resume_is_exact_with_a_stateful_server_optimiser(strategy, tmp_path):
 
 
 def test_fedprox_pulls_the_local_model_towards_the_global_one():
-    cfg = test_federated_task.tiny(**{"federation.local_epochs": 3})
-    data, masking, client = test_federated_task.setup(cfg)
-    start = test_federated_task.initial_state(cfg, masking, data)
+    cfg = config(FEDERATED, **{"federation.local_epochs": 3})
+    data, masking, client = federated_client(cfg)
+    start = initial_state(cfg, masking, data)
     keys = [k for k in floating_keys(start) if "running_" not in k]  # weights, not BN statistics
 
     def distance(mu: float) -> float:

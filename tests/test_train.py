@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from scales import TRAIN, config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ahm_core.config import AHMConfig, apply_overrides
@@ -17,25 +18,9 @@ from ahm_core.masking import build_masking
 from ahm_core.masking.methods import METHODS
 from ahm_core.train import Trainer, _poly_with_warmup, lookahead_mode
 
-TINY = {
-    "data.image_size": 32,
-    "data.num_identities": 24,
-    "data.images_per_identity": 6,
-    "data.num_pairs": 200,
-    "data.test_fraction": 0.25,
-    "model.blocks": (1, 1),
-    "model.width": 8,
-    "model.embedding_size": 32,
-    "train.batch_size": 16,
-    "train.epochs": 2,
-    "train.progress": False,
-    "policy.k_set": (2, 3, 4),
-    "policy.interval": 2,
-}
-
 
 def tiny(method: str, **extra) -> AHMConfig:
-    return apply_overrides(AHMConfig(), {**TINY, "masking.method": method, **extra})
+    return config(TRAIN, **{"masking.method": method, **extra})
 
 
 def setup(cfg: AHMConfig):

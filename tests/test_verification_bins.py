@@ -7,10 +7,9 @@ import io
 import pickle
 
 import pytest
-import test_strategies
 import torch
 from PIL import Image
-from test_train import TINY
+from scales import NODES, ONE_ROUND, TRAIN, config
 
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.benchmarks import insightface_folds, load_benchmark
@@ -89,7 +88,7 @@ def test_a_run_scores_every_bin_after_every_epoch(synthetic_bin, tmp_path):
     path = synthetic_bin[0]
     cfg = apply_overrides(
         AHMConfig(),
-        {**TINY, "masking.method": "ppfr_fd", "train.epochs": 1, "data.verification": str(path)},
+        {**TRAIN, "masking.method": "ppfr_fd", "train.epochs": 1, "data.verification": str(path)},
     )
     metrics = run_centralized(cfg, tmp_path)
     report = metrics["benchmarks"]["synth_lfw"]
@@ -106,8 +105,8 @@ def test_a_run_scores_every_bin_after_every_epoch(synthetic_bin, tmp_path):
 
 
 def test_a_federation_scores_every_bin_after_every_round(synthetic_bin, tmp_path):
-    cfg = apply_overrides(test_strategies.config(), {"data.verification": str(synthetic_bin[0])})
-    summary = run_local(cfg, tmp_path, test_strategies.NODES)
+    cfg = apply_overrides(config(ONE_ROUND), {"data.verification": str(synthetic_bin[0])})
+    summary = run_local(cfg, tmp_path, NODES)
     assert [sorted(r["benchmarks"]) for r in summary["rounds"]] == [["synth_lfw"]] * 2
     assert summary["final_benchmarks"] == summary["rounds"][-1]["benchmarks"]
     assert summary["final_benchmarks"]["synth_lfw"]["pairs"] == 60

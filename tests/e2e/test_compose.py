@@ -35,6 +35,8 @@ import tomli_w
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+from scales import E2E
+from scales import config as scale_config
 
 from server.metrics import ServerMetrics
 from simulations.flower import OFFLINE, free_port, run_config
@@ -570,8 +572,6 @@ class Deployment:
 def start_federation(d: Deployment, env: dict[str, str], metrics_port: int) -> list[str | Path]:
     """Certificates (TLS), SuperLink, node-key registration (TLS), 2 SuperNodes, the CLI's
     connection `ahm` and the run config; returns the `flwr run` command."""
-    from test_flower_e2e import e2e
-
     tmp, group = d.tmp, d.group
 
     def home(name: str) -> dict[str, str]:  # each Flower process gets a FLWR_HOME of its own
@@ -633,7 +633,7 @@ def start_federation(d: Deployment, env: dict[str, str], metrics_port: int) -> l
     (tmp / "home/cli/config.toml").write_text(connection)
     # the scale of test_flower_e2e, less work: each ClientApp message starts a process that
     # imports torch, so the clients train 1 epoch and only the server evaluates
-    cfg = e2e(**{"federation.local_epochs": 1, "federation.fraction_evaluate": 0.0})
+    cfg = scale_config(E2E, **{"federation.local_epochs": 1, "federation.fraction_evaluate": 0.0})
     options = {"metrics-port": metrics_port, "resume": False}
     config = run_config(cfg, tmp / "out", **options)
     (tmp / "run-config.toml").write_bytes(tomli_w.dumps(config).encode())

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,32 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from scales import E2E, config
 
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig
 from simulations.flower import FLWR_HOME, free_port, launch, stop_superlink, superlink_pids
-
-E2E = {
-    "data.image_size": 32,
-    "data.num_identities": 40,
-    "data.images_per_identity": 8,
-    "data.num_pairs": 400,
-    "data.test_fraction": 0.25,
-    "model.blocks": (1, 1),
-    "model.width": 8,
-    "model.embedding_size": 32,
-    "train.batch_size": 16,
-    "train.progress": False,
-    "policy.k_set": (2, 3),
-    "policy.interval": 2,
-    "federation.rounds": 2,
-    "federation.local_epochs": 2,
-    "federation.val_fraction": 0.25,
-    "federation.eval_pairs": 40,
-}
 
 
 def e2e(**extra) -> AHMConfig:
-    return apply_overrides(AHMConfig(), {**E2E, **extra})
+    return config(E2E, **extra)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -56,6 +37,7 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+@pytest.mark.fast  # the fast tier's one real `flwr run`
 def test_flwr_run_trains_captures_and_exports_metrics(tmp_path):
     port = free_port()
     scrapes: list[dict] = []
@@ -136,22 +118,6 @@ def test_the_run_completes_on_the_survivors(tmp_path, mode, extra):
     assert r["train"]["weight"] > 0
 
 
-def e2e_args() -> list[str]:
-    """E2E as hydra overrides."""
-    return [
-        f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in E2E.items()
-    ]
-
-
-def _federated_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "simulations.federated", f"hydra.run.dir={out}"]
-    command += [*e2e_args(), "supernodes=2", "federation.rounds=3", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
 def _rounds_done(out: Path) -> int:
     try:
         return json.loads((out / "rounds.json").read_text())["rounds"][-1]["round"]
@@ -159,11 +125,11 @@ def _rounds_done(out: Path) -> int:
         return 0
 
 
-def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
+def test_a_killed_run_resumes_to_the_same_final_model(tmp_path, federated_cli):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run = _federated_cli(whole, [])
+    run = federated_cli(whole, [])
     assert run.wait(timeout=600) == 0, run.stderr.read().decode()[-3000:]
-    run = _federated_cli(broken, [])
+    run = federated_cli(broken, [])
     try:
         while _rounds_done(broken) < 1:
             assert run.poll() is None, run.stderr.read().decode()[-3000:]
@@ -174,7 +140,7 @@ def test_a_killed_run_resumes_to_the_same_final_model(tmp_path):
         stop_superlink(broken / FLWR_HOME)  # detached: what a relaunch on `broken` would do
         assert not superlink_pids(broken / FLWR_HOME)
     assert _rounds_done(broken) < 3
-    rerun = _federated_cli(broken, [])
+    rerun = federated_cli(broken, [])
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read().decode()[-3000:]
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
     b = torch.load(broken / "checkpoint.pt", weights_only=True)

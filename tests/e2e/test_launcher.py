@@ -15,7 +15,7 @@ from subprocess import PIPE
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from test_flower_e2e import _federated_cli, e2e_args
+from scales import E2E, hydra_args
 
 from ahm_core.config import AHMConfig, apply_overrides
 from server.app import main as server_main
@@ -39,7 +39,7 @@ def _cli(out: Path, overrides: list[str]) -> list[str]:
         "-m",
         "simulations.federated",
         f"hydra.run.dir={out}",
-        *e2e_args(),
+        *hydra_args(E2E),
         "supernodes=2",
         *overrides,
     ]
@@ -145,9 +145,9 @@ def test_a_failed_server_app_fails_the_launch_in_one_line(tmp_path):
     assert not superlink_pids(tmp_path / FLWR_HOME)
 
 
-def test_sigterm_stops_the_superlink_and_fails_the_launch(tmp_path):
+def test_sigterm_stops_the_superlink_and_fails_the_launch(tmp_path, federated_cli):
     home = tmp_path / FLWR_HOME
-    run = _federated_cli(tmp_path, [])
+    run = federated_cli(tmp_path, [])
     try:
         while len(run_processes(home)) < 2:  # the SuperLink and what it started
             assert run.poll() is None, run.stderr.read().decode()[-3000:]
