@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, from_dict
+from ahm_core.data.sources import SOURCES
 from server.strategy import check_strategy
 
 
@@ -55,12 +56,19 @@ class ThreatRunConfig(FederatedRunConfig):
 
 def register() -> None:
     """Make the schemas available to `defaults` lists: ahm_schema, ahm_paper_schema,
-    ahm_federated_schema and ahm_threat_schema."""
+    ahm_federated_schema and ahm_threat_schema; and the `data` group, one option per registered
+    face source (`data=folder data.root=PATH`)."""
     store = ConfigStore.instance()
     store.store(name="ahm_schema", node=RunConfig)
     store.store(name="ahm_paper_schema", node=PaperRunConfig)
     store.store(name="ahm_federated_schema", node=FederatedRunConfig)
     store.store(name="ahm_threat_schema", node=ThreatRunConfig)
+    for name, source in SOURCES.items():  # `data=NAME`: each registered face source
+        store.store(
+            group="data",
+            name=name,
+            node={"source": name, "root": "???"} if source.needs_root else {"source": name},
+        )
 
 
 def split_run_config(hcfg: DictConfig) -> tuple[AHMConfig, dict[str, Any]]:

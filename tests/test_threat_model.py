@@ -2,26 +2,35 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from hydra import compose, initialize
 
 from ahm_core.attacks import ATTACKS
 from ahm_core.config import AHMConfig
 from ahm_core.masking.methods import METHODS
+from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
+from simulations.local import run_local
+from simulations.schema import register, split_run_config
+
+register()
 
 
+@pytest.mark.slow
 def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
-    command = [sys.executable, "-m", "simulations.threat_model", "profile=smoke"]
-    # dlib judges in the paper-table test on ORL; here its 0.1 s a face would double the time
-    command += [f"hydra.run.dir={tmp_path}", "attack.judges=[own]"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """In process: the federations through `simulations.local` (the CLI's glue around them is
+    the entry points' test), then every attack through `run_threat_model`."""
+    with initialize(version_base=None, config_path="../simulations/conf"):
+        # dlib judges in the paper-table test on ORL; here its 0.1 s a face would double the time
+        hcfg = compose("threat_model", ["profile=smoke", "attack.judges=[own]"])
+    cfg, options = split_run_config(hcfg)
     run = tmp_path / "run"
-    assert f"threat report in {run / 'threat_report.md'}" in done.stdout
+    run_local(cfg, run, options["supernodes"])
+    run_local(dp_fedavg_config(run, cfg), run / DP_FEDAVG, options["supernodes"])
+    report = run_threat_model(
+        run, cfg, log=lambda line: None, compared={DP_FEDAVG: run / DP_FEDAVG}
+    )
+    assert report == run / "threat_report.md"
     result = json.loads((run / "threat_report.json").read_text())
     rows = result["defences"]
     defences = list(AHMConfig().attack.defences)  # the DCTDP rows among them
