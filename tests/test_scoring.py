@@ -133,11 +133,11 @@ def test_every_registered_attack_says_what_it_holds():
 
 
 def test_the_readme_example_attack_runs(case, lpips):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Adding an attack", 1)[1]
+    guide = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    section = guide.split("## Adding an attack", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/extending.md", "exec"), {})
         results = attack_case(case, ["blurred_render"], JUDGES, lpips, log=lambda line: None)
     finally:
         ATTACKS.pop("blurred_render", None)
