@@ -9,12 +9,16 @@ from ahm_core.data.base import UnreadableImageError
 from ahm_core.data.sources import SOURCES
 from ahm_core.io import CheckpointError
 
-INPUT_ERRORS: tuple[type[Exception], ...] = (
+GENERAL: tuple[type[Exception], ...] = (
     ConfigError,
     CheckpointError,
     UnreadableImageError,
-    *(error for source in SOURCES.values() for error in source.errors),
     FileNotFoundError,
     NotADirectoryError,
     PermissionError,
 )
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """The general errors of bad input and those of every data source registered by now."""
+    return (*GENERAL, *(error for source in SOURCES.values() for error in source.errors))

@@ -20,7 +20,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from ahm_core.errors import INPUT_ERRORS
+from ahm_core.errors import input_errors
 from ahm_core.federated import APP_DEFAULTS, split_run_config
 from ahm_core.io import atomic_write
 from server.run import ServerRun
@@ -67,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         cfg, options = split_run_config(flat)
         ServerRun(cfg, options).run(grid)
-    except INPUT_ERRORS as err:  # bad input: one line, no traceback (Flower prints one if raised)
+    except input_errors() as err:  # bad input: one line, no traceback (Flower prints one if raised)
         log(ERROR, "ahm: %s", err)
         write_status(out, token, "failed", error=str(err))
         return

@@ -20,7 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from ahm_core.errors import INPUT_ERRORS
+from ahm_core.errors import input_errors
 
 CONF = Path(__file__).resolve().parent / "conf"
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -42,7 +42,7 @@ def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
             in_task = True
             try:
                 task(hcfg)
-            except (*INPUT_ERRORS, *COMPOSE_ERRORS) as err:
+            except (*input_errors(), *COMPOSE_ERRORS) as err:
                 raise SystemExit(f"{prog}: {error_line(err)}") from None
 
         run = hydra.main(version_base=None, config_path=str(CONF), config_name=config_name)(guarded)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, ConfigError, apply_overrides
 from ahm_core.data.synthetic import render_faces
 from ahm_core.freq import bdct_explicit, ibdct, minmax
@@ -69,9 +70,11 @@ def test_each_stage_matches_its_step_by_step_recipe(name, faces):
     out = s.encode(faces, torch.Generator().manual_seed(5))
     assert out.shape == (16, s.in_channels, SIZE, SIZE)
     expected = reference(name, s, faces, seed=5).to(out.dtype)
-    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    # float32 through two self-normalisations (unit std): a few ulps of a channel's std become
+    # up to 6e-5 here on an AVX2 EPYC, against 2e-5 where this tolerance was first set
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     diff = s.differentiable_encode(faces, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(diff, expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(diff, expected, atol=1e-4, rtol=1e-4)
     shown = s.render(out)
     assert (
         shown.shape[0] == 16 and shown.shape[1] in (1, 3) and 0 <= shown.min() <= shown.max() <= 1
@@ -158,15 +161,15 @@ def test_ppfr_fd_drops_first_what_carries_no_signal(faces):
 )
 def test_a_stage_refuses_a_bad_option_of_its_section(overrides, option):
     with pytest.raises(ConfigError, match=f"^{option}"):
-        apply_overrides(AHMConfig(), {"data.image_size": SIZE, **overrides})
+        validate(apply_overrides(AHMConfig(), {"data.image_size": SIZE, **overrides}))
 
 
 def test_the_readme_example_first_stage_becomes_a_method(faces):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Adding a first stage", 1)[1]
+    guide = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    section = guide.split("## Adding a first stage", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/extending.md", "exec"), {})
         METHODS["low_freq_adamixup"] = MethodSpec("low_freq", "adaptive")
         cfg = apply_overrides(
             AHMConfig(), {"masking.method": "low_freq_adamixup", "data.image_size": SIZE}
@@ -175,7 +178,7 @@ def test_the_readme_example_first_stage_becomes_a_method(faces):
         batch = pipeline(faces, torch.arange(16), k=torch.full((16,), 2))
         assert batch.x.shape == (16, 9, SIZE, SIZE) and pipeline.render(batch.x).shape[1] == 1
         with pytest.raises(ConfigError, match=r"^masking\.upsample"):
-            apply_overrides(cfg, {"masking.upsample": 3})
+            validate(apply_overrides(cfg, {"masking.upsample": 3}))
     finally:
         METHODS.pop("low_freq_adamixup", None)
         FIRST_STAGES.pop("low_freq", None)
