@@ -548,7 +548,7 @@ def test_cert_script_is_idempotent_and_keeps_keys_private(certs):
 # real AHM apps at the tiny scale of tests/test_flower_e2e.py, 2 rounds. First insecure (with a
 # real Prometheus scraping the ServerApp), then with TLS from docker/certs/generate.sh and SuperNode
 # authentication (node keys registered by docker/register-supernodes.sh). The commands are those
-# of "Run on several machines" in README.md, on one host. `--isolation subprocess`: the SuperLink
+# of docs/deployment.md, on one host. `--isolation subprocess`: the SuperLink
 # and each SuperNode spawn their own flower-superexec, which runs the ServerApp / ClientApps from
 # this environment (runtime dependency installation off); their Runtime APIs stay on loopback.
 # SuperExec authentication is not covered: Flower ignores its secret in subprocess isolation
