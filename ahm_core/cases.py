@@ -3,13 +3,15 @@ private training faces, a gallery of other photos of the same people that re-ide
 compares with, the attacker's auxiliary faces of people the victims are not, and what the server
 saw (the global model a captured client started from) or released (a client's head).
 
-The paper tables and the threat report build their cases here, so both split the data the same
-way: one seeded shuffle of the training items, the first ones victims and the rest the gallery,
-and the auxiliary faces drawn from the held-out verification identities.
+The paper tables and the reports build their cases here, so all split the data the same way: one
+seeded shuffle of the training items, the first ones victims and the rest the gallery, and the
+auxiliary faces drawn from the held-out verification identities. `mask_for_attack` masks (and
+mixes) faces as the defence trains, for every attack and the masking indices alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,11 +23,10 @@ from torch import Tensor, nn
 from ahm_core.config import AHMConfig
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs
-from ahm_core.experiment import masking_for_run
-from ahm_core.masking import MaskingPipeline
+from ahm_core.masking.pipeline import MaskingPipeline, masking_for_run
 
 
-class Split(NamedTuple):
+class CaseItems(NamedTuple):
     """Training items of the victims and of the gallery, and the attacker's auxiliary items."""
 
     victims: Tensor
@@ -41,7 +42,7 @@ def attack_split(
     per_identity: int,
     aux: int,
     seed: int,
-) -> Split:
+) -> CaseItems:
     """One seeded shuffle of `train` (items with dataset `labels`): the first `victims` items are
     attacked, and of the rest at most `per_identity` of each identity form the gallery; `aux`
     auxiliary items from the identities held out for verification."""
@@ -56,7 +57,98 @@ def attack_split(
     place = torch.empty_like(order)
     place[order] = torch.arange(len(ids)) - torch.searchsorted(grouped, grouped)
     gallery = rest[place < per_identity]
-    return Split(shuffled[:victims], gallery, held[torch.randperm(len(held), generator=g)][:aux])
+    return CaseItems(
+        shuffled[:victims], gallery, held[torch.randperm(len(held), generator=g)][:aux]
+    )
+
+
+class AttackSet(NamedTuple):
+    """Masked data and the faces the attacker should recover from them, with the mixing record.
+
+    targets[i] = images[sources[i]], the source of largest total coefficient of masked[i];
+    coefs and index [N, k_max] are `Mixed.coefs` / `Mixed.index` (one column when not mixing).
+    """
+
+    masked: Tensor
+    targets: Tensor
+    labels: Tensor
+    sources: Tensor
+    coefs: Tensor
+    index: Tensor
+
+
+def sample_ks(
+    k_proportions: Mapping[int, float], n: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """n values of k drawn independently, P(k) proportional to k_proportions[k]."""
+    ks = sorted(k_proportions)
+    shares = [float(k_proportions[k]) for k in ks]
+    if not ks or any(k < 1 for k in ks) or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(
+            f"k_proportions: need k >= 1 and shares >= 0 with a positive sum, got "
+            f"{dict(k_proportions)}"
+        )
+    device = generator.device if generator is not None else torch.device("cpu")
+    weights = torch.tensor(shares, dtype=torch.float64, device=device)
+    draws = torch.multinomial(weights, n, replacement=True, generator=generator).cpu()
+    return torch.tensor(ks, dtype=torch.long)[draws]
+
+
+def dominant_sources(coefs: Tensor, index: Tensor) -> Tensor:
+    """[N] source row of largest total coefficient per mixed sample (a row drawn twice adds up)."""
+    same = index[:, :, None] == index[:, None, :]
+    totals = (same * coefs[:, None, :]).sum(dim=2)
+    best = totals.argmax(dim=1, keepdim=True)
+    return index.gather(1, best).squeeze(1)
+
+
+def _attack_ks(
+    pipeline: MaskingPipeline,
+    k_proportions: Mapping[int, float] | None,
+    n: int,
+    generator: torch.Generator | None,
+) -> Tensor | None:
+    """Per-sample k for the adaptive method; None (the pipeline's own k) otherwise."""
+    if pipeline.batch_mix == "adaptive":
+        if k_proportions is None:
+            raise ValueError(f"{pipeline.method}: pass k_proportions, the policy's shares of k")
+        return sample_ks(k_proportions, n, generator)
+    if k_proportions is not None:
+        used = {k for k, share in k_proportions.items() if share > 0}
+        allowed = {pipeline.k} if pipeline.batch_mix else set()
+        if used != allowed:
+            raise ValueError(
+                f"{pipeline.method}: mixes {f'a fixed k={pipeline.k}' if allowed else 'nothing'}"
+                f"; got k_proportions {dict(k_proportions)}"
+            )
+    return None
+
+
+def mask_for_attack(
+    pipeline: MaskingPipeline,
+    images: Tensor,
+    labels: Tensor | None = None,
+    k_proportions: Mapping[int, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> AttackSet:
+    """Mask (and mix, as the method trains) a set of faces; each target is its dominant source.
+
+    k_proportions: the adaptive method's shares of each k (required there); fixed-k methods mix
+    their own k. Labels default to -1 (unknown, as for auxiliary faces).
+    """
+    n = len(images)
+    labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels
+    ks = _attack_ks(pipeline, k_proportions, n, generator)
+    mixed = pipeline.mix(pipeline.encode(images, generator), labels, ks, generator)
+    sources = dominant_sources(mixed.coefs, mixed.index)
+    return AttackSet(
+        mixed.x,
+        images[sources.to(images.device)],
+        labels.to(sources.device)[sources],
+        sources,
+        mixed.coefs,
+        mixed.index,
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +171,7 @@ class Case:
     cfg: AHMConfig
     pipeline: MaskingPipeline
     faces: FaceSet
-    split: Split
+    split: CaseItems
     device: torch.device
     folder: Path
     proportions: dict[int, float] | None = None

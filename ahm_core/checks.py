@@ -10,8 +10,8 @@ from ahm_core.attacks.gradient_inversion import OBJECTIVES
 from ahm_core.config import AHMConfig, ConfigError, check_choice, check_schema
 from ahm_core.data.partition import SCHEMES
 from ahm_core.data.sources import SOURCES
-from ahm_core.evaluators import JUDGES
 from ahm_core.faults import MODES
+from ahm_core.judges import JUDGES
 from ahm_core.masking.first_stage import FIRST_STAGES
 from ahm_core.masking.methods import METHODS, mixing_ks
 from ahm_core.models.backbones import BACKBONES, check_stages, stage_blocks

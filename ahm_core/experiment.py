@@ -14,22 +14,19 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from ahm_core.config import AHMConfig, ConfigError, to_dict
-from ahm_core.data.base import FaceSet
 from ahm_core.data.benchmarks import load_benchmarks
-from ahm_core.data.sources import load_faces, relabel, verification_split
+from ahm_core.data.sources import run_data
 from ahm_core.evaluate import benchmark_line
 from ahm_core.io import atomic_write
-from ahm_core.masking import MaskingPipeline, build_masking, first_stage_of
+from ahm_core.masking import MaskingPipeline
 from ahm_core.masking.methods import METHODS
+from ahm_core.masking.pipeline import masking_for_run
 from ahm_core.plots import save_k_shares
+from ahm_core.runs import count_ks, shares
 from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
-FIT_IMAGES = 2048
 MARKED_EPOCHS = 20  # the k-dynamics plot marks epoch boundaries in runs of fewer epochs
 
 
@@ -42,18 +39,16 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
-    faces = load_faces(cfg.data)
-    split = verification_split(faces.labels, cfg.data)
-    labels, num_classes = relabel(faces.labels[split.train])
-    steps = len(split.train) // cfg.train.batch_size
+    data = run_data(cfg.data)
+    steps = len(data.train) // cfg.train.batch_size
     if steps == 0:
         raise ConfigError(
-            f"train.batch_size: {cfg.train.batch_size} is more than the {len(split.train)} "
+            f"train.batch_size: {cfg.train.batch_size} is more than the {len(data.train)} "
             "training images, so an epoch has no step"
         )
-    masking = masking_for_run(cfg, faces, split.train)
+    masking = masking_for_run(cfg, data.faces, data.train)
     benchmarks = load_benchmarks(cfg.data)
-    trainer = Trainer(cfg, masking, num_classes, steps)
+    trainer = Trainer(cfg, masking, data.num_classes, steps)
     history: list[dict] = []
     metrics: dict | None = None
     start = time.perf_counter()
@@ -61,8 +56,8 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
         history = trainer.restore(checkpoint, ("history",))["history"]
         log.info("resumed %s at epoch %d", checkpoint, trainer.epoch)
     while trainer.epoch < cfg.train.epochs:
-        epoch = trainer.train_epoch(faces, split.train, labels)
-        epoch["verification"] = trainer.verify(faces, split.pairs)
+        epoch = trainer.train_epoch(data.faces, data.train, data.labels)
+        epoch["verification"] = trainer.verify(data.faces, data.pairs)
         epoch["benchmarks"] = {b.name: trainer.verify(b.faces, b.pairs) for b in benchmarks}
         history.append(epoch)
         trainer.save(checkpoint, history=history)
@@ -83,27 +78,6 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
             out_dir, cfg, masking, history, checkpoint, time.perf_counter() - start
         )
     return metrics
-
-
-def masking_for_run(
-    cfg: AHMConfig, faces: FaceSet, train: Tensor, trained: dict[str, Tensor] | None = None
-) -> MaskingPipeline:
-    """The run's masking pipeline. A fitted first stage (DP) fits on up to 2,048 training images
-    drawn at random (seeded by `data.seed`), so they span the identities, not the first ones; a
-    trained one (DCTDP) takes the `trained` state of its module, else starts untrained."""
-    fit = None
-    if first_stage_of(cfg).fitted:
-        fit = faces.images_uint8(fit_items(train, cfg.data.seed)).float() / 255.0
-    masking = build_masking(cfg, fit_images=fit)
-    if trained is not None and masking.first_stage.module is not None:
-        masking.first_stage.module.load_state_dict(trained)
-    return masking
-
-
-def fit_items(train: Tensor, seed: int) -> Tensor:
-    """Up to FIT_IMAGES of the training items, drawn at random (in their order)."""
-    g = torch.Generator().manual_seed(seed)
-    return train[torch.randperm(len(train), generator=g)[:FIT_IMAGES].sort().values]
 
 
 def _write_metrics(
@@ -130,10 +104,7 @@ def _write_metrics(
     if learnt := masking.first_stage.describe(out_dir):
         metrics["first_stage"] = learnt
     if METHODS[cfg.masking.method].batch_mix == "adaptive":
-        total: dict[str, int] = {}
-        for epoch in history:
-            for k, count in epoch["k_histogram"].items():
-                total[k] = total.get(k, 0) + count
+        total = count_ks(epoch["k_histogram"] for epoch in history)
         metrics["k_histogram"] = total
         metrics["k_proportions"] = shares(total)
         metrics["k_proportions_final_epoch"] = shares(last["k_histogram"])
@@ -142,12 +113,6 @@ def _write_metrics(
     text = json.dumps(metrics, indent=2)
     atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     return json.loads(text)
-
-
-def shares(histogram: dict[str, int]) -> dict[str, float]:
-    """Each k's share of a histogram {k: count}, rounded to 4 digits, in order of k."""
-    n = sum(histogram.values()) or 1
-    return {k: round(histogram[k] / n, 4) for k in sorted(histogram, key=int)}
 
 
 def save_k_dynamics(path: Path, cfg: AHMConfig, history: list[dict]) -> Path:

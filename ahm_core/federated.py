@@ -27,12 +27,13 @@ from ahm_core.config import AHMConfig, apply_overrides, from_flat, to_dict, to_f
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs, make_pairs
 from ahm_core.data.partition import partition
-from ahm_core.data.sources import load_faces, relabel, verification_split
+from ahm_core.data.sources import RunData, relabel, run_data
 from ahm_core.evaluate import evaluate_verification
-from ahm_core.experiment import masking_for_run
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking import MaskingPipeline
+from ahm_core.masking.pipeline import masking_for_run
 from ahm_core.models import build_backbone, build_head
+from ahm_core.runs import count_ks
 from ahm_core.train import STATE_KEYS, Trainer, resolve_device
 
 State = dict[str, Tensor]
@@ -57,14 +58,7 @@ def split_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]
     return cfg, options
 
 
-class FederatedData(NamedTuple):
-    """The face set, its training items with labels 0..n-1, and the held-out verification pairs."""
-
-    faces: FaceSet
-    train: Tensor
-    labels: Tensor
-    num_classes: int
-    pairs: Pairs
+FederatedData = RunData  # the faces, training items and pairs every client and the server derive
 
 
 class ClientData(NamedTuple):
@@ -92,14 +86,7 @@ def _memo(kind: str, key: Any, build: Callable[[], T]) -> T:
 
 def federated_data(cfg: AHMConfig) -> FederatedData:
     """The run's faces, training items and held-out verification pairs."""
-
-    def build() -> FederatedData:
-        faces = load_faces(cfg.data)
-        split = verification_split(faces.labels, cfg.data)
-        labels, num_classes = relabel(faces.labels[split.train])
-        return FederatedData(faces, split.train, labels, num_classes, split.pairs)
-
-    return _memo("data", to_dict(cfg)["data"], build)
+    return _memo("data", to_dict(cfg)["data"], lambda: run_data(cfg.data))
 
 
 def run_masking(cfg: AHMConfig, data: FederatedData) -> MaskingPipeline:
@@ -212,10 +199,7 @@ def local_train(
         for _ in range(cfg.federation.local_epochs)
     ]
     seconds = time.perf_counter() - start
-    ks: dict[str, int] = {}
-    for epoch in epochs:
-        for k, count in epoch.get("k_histogram", {}).items():
-            ks[k] = ks.get(k, 0) + count
+    ks = count_ks(epoch.get("k_histogram", {}) for epoch in epochs)
     order = sorted(range(len(ccfg.policy.k_set)), key=lambda i: ccfg.policy.k_set[i])
     pmfs = [pmf[i] for epoch in epochs for pmf in epoch.get("pmfs", []) for i in order]
     metrics = {

@@ -2,11 +2,13 @@
 against frequency domain) and Table 3 (k proportions of AdaMixUp), as report.md with report.json,
 table2.csv, a privacy-accuracy scatter (Fig. 1) and reconstruction grids (Fig. 3).
 
-Each row trains its method (a centralized run, resumable), then measures the masking effect on
-victim training images and runs the paper's attack (`ATTACKS`: the black-box CGAN, trained on
-auxiliary pairs from identities the victim never saw) through the common case and scoring
-(`ahm_core.cases`, `ahm_core.scoring`). The judges are the unmasked ArcFace row's network and
-dlib's pretrained descriptor. A finished row is cached in `rows/<name>/row.json`, so a rerun
+The rows, their tables and the paired tests are the table of `ahm_core.masking.methods` (`ROWS`,
+`TABLE1`, `PAIRED`), so a method registered there appears here. Each row trains its method (a
+centralized run, resumable), then measures the masking effect on victim training images and runs
+the paper's attacks (`scoring.PAPER_ATTACKS`: the black-box CGAN, trained on auxiliary pairs from
+identities the victim never saw, and the same after channel removal) through the common case and
+scoring (`ahm_core.cases`, `ahm_core.scoring`). The judges are the unmasked ArcFace row's network
+and dlib's pretrained descriptor. A finished row is cached in `rows/<name>/row.json`, so a rerun
 after a crash skips it.
 """
 
@@ -15,74 +17,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from torch import Tensor
-
-from ahm_core.cases import build_case
 from ahm_core.config import AHMConfig, ConfigError, apply_overrides
-from ahm_core.data.sources import load_faces, verification_split
-from ahm_core.evaluators import OWN, Judges, judges
 from ahm_core.experiment import run_centralized
 from ahm_core.io import atomic_write, load_checkpoint
-from ahm_core.metrics import LPIPS, table_scores
+from ahm_core.judges import OWN, Judges, judges
+from ahm_core.masking.methods import PAIRED, ROWS, TABLE1, Row, table_rows
+from ahm_core.metrics import table_scores
 from ahm_core.metrics.uncertainty import mcnemar
-from ahm_core.scoring import attack_case, ceilings, masking_indices, table_row
+from ahm_core.scoring import PAPER_ATTACKS, measure_privacy, table_row
 from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
 from ahm_core.train import resolve_device
 
-# The paper's Table 2 measures its black-box CGAN; its appendix A.2 the same after channel removal.
-ATTACKS = ("cgan", "channel_drop")
 ROW_VERSION = 4  # a cached row of another version lacks what the report now prints
 # What an adaptive row keeps of its run's metrics (None for the other rows): Table 3 and dynamics.
 POLICY_KEYS = ("k_proportions", "k_proportions_final_epoch", "policy_updates", "k_dynamics")
 
 
-class Row(NamedTuple):
-    """One row of a table: its label, method and the overrides that make it."""
-
-    name: str
-    method: str
-    overrides: dict
-
-
-TABLE2 = [
-    Row("ArcFace", "arcface", {}),
-    *[
-        Row(
-            f"Masking+AdaMixUp (k:2-{k})",
-            "masking_adamixup",
-            {"policy.k_set": tuple(range(2, k + 1))},
-        )
-        for k in (6, 5, 4)
-    ],
-    *[Row(f"Masking+MixUp (k={k})", "masking_mixup", {"mixup.k": k}) for k in range(2, 7)],
-    Row("MixUp-FD (k=2)", "mixup_fd", {"mixup.k": 2}),
-    Row("PPFR-FD", "ppfr_fd", {}),
-    Row("DP", "dp", {}),
-    Row("InstaHide-FD (k=2)", "instahide_fd", {"mixup.k": 2}),
-    Row("DCTDP", "dctdp", {}),
-    Row("DCTDP+AdaMixUp (k:2-6)", "dctdp_adamixup", {"policy.k_set": (2, 3, 4, 5, 6)}),
-]
-# The comparisons the paper's claims rest on, each tested over the same verification pairs.
-PAIRED = [
-    ("MixUp-FD (k=2)", "MixUp RGB (k=2)"),
-    ("InstaHide-FD (k=2)", "InstaHide RGB (k=2)"),
-    ("Masking+MixUp (k=2)", "Masking+MixUp (k=4)"),
-    ("Masking+MixUp (k=2)", "Masking+MixUp (k=6)"),
-    ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)"),
-    ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=6)"),
-    ("PPFR-FD", "ArcFace"),
-    ("DCTDP", "PPFR-FD"),
-    ("DCTDP+AdaMixUp (k:2-6)", "Masking+AdaMixUp (k:2-6)"),
-]
-TABLE1_RGB = [
-    Row("MixUp RGB (k=2)", "mixup_rgb", {"mixup.k": 2}),
-    Row("InstaHide RGB (k=2)", "instahide_rgb", {"mixup.k": 2}),
-]
-
-
 def slug(name: str) -> str:
+    """A row's folder name: its name in lower case, every other character an underscore."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
@@ -92,10 +45,10 @@ def run_tables(
     log: Callable[[str], None] = print,
     only: Collection[str] | None = None,
 ) -> dict:
-    """Run (or reuse) every row, or the rows whose folder names (`slug`) are `only` and ArcFace
-    (whose network judges), then write the report; returns {row name: row result}."""
+    """Run (or reuse) every row of `ROWS`, or the rows whose folder names (`slug`) are `only` and
+    ArcFace (whose network judges), then write the report; returns {row name: row result}."""
     out_dir = Path(out_dir)
-    rows = TABLE2 + TABLE1_RGB
+    rows = list(ROWS)
     if only is not None:
         unknown = sorted(set(only) - {slug(row.name) for row in rows})
         if unknown:
@@ -137,7 +90,7 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
             saved = load_checkpoint(metrics["checkpoint"], ("first_stage",))
             stage = saved["first_stage"]["module"]
         result |= measure_privacy(
-            row_cfg, result["k_proportions"], judged, cached.parent, log, stage
+            row_cfg, result["k_proportions"], judged, cached.parent, PAPER_ATTACKS, log, stage
         )
     result["checkpoint"] = metrics["checkpoint"]
     text = json.dumps(result, indent=2)
@@ -145,37 +98,11 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
     return result
 
 
-def measure_privacy(
-    cfg: AHMConfig,
-    k_proportions: dict | None,
-    judged: Judges,
-    folder: Path,
-    log: Callable[[str], None] = print,
-    first_stage: dict[str, Tensor] | None = None,
-) -> dict[str, Any]:
-    """The masking indices, the paper's attacks scored, and each judge's ceiling, for one method
-    trained on cfg's data (the adaptive method's attack mixes with its policy's k shares; a
-    trained first stage is attacked with its `first_stage` state)."""
-    faces = load_faces(cfg.data)
-    split = verification_split(faces.labels, cfg.data)
-    device = resolve_device(cfg.train.device)
-    case = build_case(
-        cfg, faces, split.train, split.pairs, folder, device, k_proportions, first_stage
-    )
-    lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
-    return {
-        "masking": masking_indices(case, judged, lpips),
-        "attacks": attack_case(case, ATTACKS, judged, lpips, log),
-        "ceilings": ceilings(case, judged),
-        "lpips_label": lpips.label,
-    }
-
-
 def write_tables(
     results: dict[str, dict], out_dir: Path, cfg: AHMConfig, absent: dict[str, str]
 ) -> Path:
     """report.md (with report.json), table2.csv and privacy_accuracy.png from the row results."""
-    table2 = {row.name for row in TABLE2}
+    table2 = {row.name for row in table_rows(2)}
     masked = {n: r for n, r in results.items() if n in table2 and "attacks" in r}
     scores = table_scores(
         {
@@ -249,14 +176,7 @@ def write_tables(
         "",
         Table(
             ["Method", "RGB domain", "Frequency domain"],
-            [
-                ["MixUp (k=2)", fmt(acc.get("MixUp RGB (k=2)")), fmt(acc.get("MixUp-FD (k=2)"))],
-                [
-                    "InstaHide (k=2)",
-                    fmt(acc.get("InstaHide RGB (k=2)")),
-                    fmt(acc.get("InstaHide-FD (k=2)")),
-                ],
-            ],
+            [[label, fmt(acc.get(rgb)), fmt(acc.get(fd))] for label, rgb, fd in TABLE1],
         ),
         "",
         "## Paired tests: is a difference in accuracy beyond noise?",

@@ -2,43 +2,28 @@
 
 Accuracy: the global model's verification accuracy on held-out identities after every round.
 Privacy: the paper's masking and attack effects of the run's method, measured as in the paper
-tables (`ahm_core.paper.measure_privacy`): a black-box CGAN trained on auxiliary faces attacks
-victims' masked training tensors, mixed with the k proportions the clients' policies chose. The
-judges are an unmasked ArcFace network trained centrally on the same data for as many epochs as
-a client trained (`evaluator/`) and dlib's pretrained face descriptor.
+tables (`ahm_core.scoring.measure_privacy` with `PAPER_ATTACKS`): a black-box CGAN trained on
+auxiliary faces attacks victims' masked training tensors, mixed with the k proportions the
+clients' policies chose. The judges are an unmasked ArcFace reference network trained centrally
+on the same data for as many epochs as a client trained (`evaluator/`) and dlib's pretrained face
+descriptor.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from ahm_core.config import AHMConfig
-from ahm_core.evaluators import judges, reference_arcface
-from ahm_core.experiment import shares
 from ahm_core.federated import trained_first_stage
 from ahm_core.io import load_checkpoint
-from ahm_core.paper import measure_privacy
+from ahm_core.judges import judges, reference_arcface
 from ahm_core.plots import save_k_shares
+from ahm_core.runs import REFERENCE, client_epochs, k_proportions, shares
+from ahm_core.scoring import PAPER_ATTACKS, measure_privacy
 from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
 from ahm_core.train import resolve_device
-
-EVALUATOR = "evaluator"  # the run folder's unmasked ArcFace feature model
-
-
-def client_epochs(cfg: AHMConfig) -> int:
-    """Epochs a client trains over the whole run: the reference network trains as many."""
-    return cfg.federation.rounds * cfg.federation.local_epochs
-
-
-def k_proportions(summary: dict) -> dict[str, float] | None:
-    """Share of samples mixed with each k over all rounds (None when the method is not adaptive)."""
-    counts: Counter = Counter()
-    for record in summary["rounds"]:
-        counts.update(record.get("k_histogram", {}))
-    return shares(dict(counts)) if sum(counts.values()) else None
 
 
 def save_round_shares(path: Path, summary: dict) -> Path:
@@ -54,12 +39,12 @@ def save_round_shares(path: Path, summary: dict) -> Path:
 def federated_report(
     cfg: AHMConfig, summary: dict, out_dir: str | Path, log: Callable[[str], None] = print
 ) -> Path:
-    """Train the evaluator, attack the run's masking, write report.md and report.json."""
+    """Train the reference network, attack the run's masking, write report.md and report.json."""
     out_dir = Path(out_dir)
     log("privacy report: training the unmasked ArcFace feature model (evaluator/)")
-    evaluator = reference_arcface(cfg, out_dir / EVALUATOR, client_epochs(cfg))
+    reference = reference_arcface(cfg, out_dir / REFERENCE, client_epochs(cfg))
     log("privacy report: masking effect, CGAN attack and identity leakage")
-    judged = judges(Path(evaluator["checkpoint"]), cfg, resolve_device(cfg.train.device))
+    judged = judges(Path(reference["checkpoint"]), cfg, resolve_device(cfg.train.device))
     proportions = k_proportions(summary)
     saved = load_checkpoint(out_dir / "checkpoint.pt", required=("state",))
     stage = trained_first_stage(saved["state"])  # the global model's, as clients mask with it
@@ -72,10 +57,10 @@ def federated_report(
         "final_accuracy": summary["final_accuracy"],
         "final_accuracy_ci95": last.get("accuracy_ci95"),
         "untrained_accuracy": summary["rounds"][0]["accuracy"],
-        "evaluator_accuracy": evaluator["verification_accuracy"],
+        "evaluator_accuracy": reference["verification_accuracy"],
         "k_proportions": proportions,
         "k_proportions_final_round": shares(final_ks) if final_ks else None,
-        "privacy": measure_privacy(cfg, proportions, judged, out_dir, log, stage),
+        "privacy": measure_privacy(cfg, proportions, judged, out_dir, PAPER_ATTACKS, log, stage),
         "absent_judges": judged.absent,
     }
     return write_report(out_dir / "report.md", _markdown(cfg, summary, result), result)

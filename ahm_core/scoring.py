@@ -3,26 +3,32 @@ and SSIM against the originals they reconstruct, and per judge the feature dista
 re-identification against the gallery of originals. Every index is against what the masking saw
 (`MaskingPipeline.seen`), carries a 95% interval (a bootstrap over victims, Wilson's for rates)
 and stands beside its floor: the attacker's mean face for the indices, chance for re-identification,
-and the judge's own rank-1 on untouched originals (its ceiling)."""
+and the judge's own rank-1 on untouched originals (its ceiling). `measure_privacy` is the privacy
+side of one method, measured alike for the paper tables and the federated report."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ahm_core.attacks import ATTACKS, Reconstructions
-from ahm_core.attacks.cgan import mask_for_attack
-from ahm_core.cases import Case
-from ahm_core.evaluators import OWN, Judges
+from ahm_core.cases import Case, build_case, mask_for_attack
+from ahm_core.config import AHMConfig
+from ahm_core.data.sources import run_data
+from ahm_core.judges import OWN, Judges
 from ahm_core.masking.first_stage import to_gray
 from ahm_core.metrics import LPIPS, feature_distance, identity_leakage, psnr, ssim
 from ahm_core.metrics.uncertainty import bootstrap_interval
 from ahm_core.plots import save_grid
+from ahm_core.train import resolve_device
 
 Log = Callable[[str], None]
+# The paper's Table 2 measures its black-box CGAN; its appendix A.2 the same after channel removal.
+PAPER_ATTACKS = ("cgan", "channel_drop")
 
 
 def _seen(case: Case, *images: Tensor) -> list[Tensor]:
@@ -154,3 +160,29 @@ def attack_case(
         save_grid(list(rec.panels.values()), path, list(rec.panels))
         results[name]["grid"] = str(path)
     return results
+
+
+def measure_privacy(
+    cfg: AHMConfig,
+    k_proportions: dict | None,
+    judged: Judges,
+    folder: Path,
+    attacks: Sequence[str],
+    log: Log = print,
+    first_stage: dict[str, Tensor] | None = None,
+) -> dict[str, Any]:
+    """The masking indices, the registered `attacks` scored, and each judge's ceiling, for one
+    method trained on cfg's data (the adaptive method's attack mixes with its policy's k shares;
+    a trained first stage is attacked with its `first_stage` state)."""
+    data = run_data(cfg.data)
+    device = resolve_device(cfg.train.device)
+    case = build_case(
+        cfg, data.faces, data.train, data.pairs, folder, device, k_proportions, first_stage
+    )
+    lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
+    return {
+        "masking": masking_indices(case, judged, lpips),
+        "attacks": attack_case(case, attacks, judged, lpips, log),
+        "ceilings": ceilings(case, judged),
+        "lpips_label": lpips.label,
+    }

@@ -28,7 +28,6 @@ Every row with a trained run carries that run's final verification accuracy.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +37,7 @@ from torch import Tensor
 
 from ahm_core.attacks import ATTACKS
 from ahm_core.cases import Case, Released, build_case
-from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
-from ahm_core.evaluators import Judges, judges, reference_arcface
+from ahm_core.config import AHMConfig, apply_overrides, to_flat
 from ahm_core.federated import (
     FederatedData,
     client_data,
@@ -48,9 +46,10 @@ from ahm_core.federated import (
     unpack_state,
 )
 from ahm_core.io import load_checkpoint
+from ahm_core.judges import Judges, judges, reference_arcface
 from ahm_core.metrics import LPIPS
 from ahm_core.models import build_head
-from ahm_core.report import EVALUATOR, client_epochs, k_proportions
+from ahm_core.runs import REFERENCE, client_epochs, k_proportions, load_run, trained_figures
 from ahm_core.scoring import attack_case, ceilings
 from ahm_core.tables import Table, fmt, index_cell, rate_cell, write_report
 from ahm_core.train import resolve_device
@@ -65,37 +64,13 @@ def dp_fedavg_config(run_dir: Path, settings: AHMConfig) -> AHMConfig:
     """The DP-FedAvg row's run: the config of the run in `run_dir` unmasked (ArcFace), with the
     `federation.dp*` settings of `settings`; federation.dp as set there, or client-side fixed
     clipping (the server then sees only clipped updates)."""
-    cfg, _, _ = _load_run(run_dir, None)
+    cfg, _, _ = load_run(run_dir, None)
     dp = {k: v for k, v in to_flat(settings).items() if k.startswith("federation.dp")}
     if dp["federation.dp"] == "none":
         dp["federation.dp"] = "client_fixed"
     return apply_overrides(
         cfg, {**dp, "masking.method": "arcface", "federation.strategy": "fedavg"}
     )
-
-
-def _load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, dict, dict]:
-    """A finished run's config (with `attack_cfg`'s attack budget), checkpoint and rounds.json."""
-    saved = load_checkpoint(run_dir / "checkpoint.pt", required=("config", "state"))
-    cfg = from_dict(saved["config"])
-    if attack_cfg is not None:
-        budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}
-        cfg = apply_overrides(cfg, budget)
-    return cfg, saved, json.loads((run_dir / "rounds.json").read_text())
-
-
-def _trained(summary: dict) -> dict[str, Any]:
-    """A trained run's figures for its row: final accuracy with its 10-fold std, and the
-    DP-FedAvg budget spent when it had one."""
-    last = summary["rounds"][-1]
-    figures = {
-        "accuracy": summary["final_accuracy"],
-        "accuracy_std": last["verification"]["accuracy_std"],
-    }
-    if "dp" in last:
-        figures["dp"] = {k: last["dp"][k] for k in ("epsilon", "delta", "noise_multiplier")}
-        figures["dp"]["clipping_norm"] = last["dp"]["clipping_norm"]
-    return figures
 
 
 def run_threat_model(
@@ -108,11 +83,11 @@ def run_threat_model(
     given), and each run of `compared` (row name -> run folder) as a row of its own; writes
     threat_report.md, .json and .csv in `run_dir` and returns the report's path."""
     run_dir = Path(run_dir)
-    cfg, saved, summary = _load_run(run_dir, attack_cfg)
+    cfg, saved, summary = load_run(run_dir, attack_cfg)
     device = resolve_device(cfg.train.device)
     data = federated_data(cfg)
     log("threat model: the unmasked ArcFace reference network")
-    reference = reference_arcface(cfg, run_dir / EVALUATOR, client_epochs(cfg))
+    reference = reference_arcface(cfg, run_dir / REFERENCE, client_epochs(cfg))
     judged = judges(Path(reference["checkpoint"]), cfg, device)
     lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
     shared: dict[Any, Any] = {}  # what every case of the report can reuse
@@ -132,14 +107,14 @@ def run_threat_model(
         )
         rows[defence] = _row(case, judged, lpips, log)
         if own:
-            rows[defence] |= _trained(summary)
+            rows[defence] |= trained_figures(summary)
     for name, other_dir in (compared or {}).items():
         log(f"threat model: {name} (the run in {other_dir})")
-        other_cfg, other_saved, other_summary = _load_run(Path(other_dir), attack_cfg)
+        other_cfg, other_saved, other_summary = load_run(Path(other_dir), attack_cfg)
         folder = run_dir / "threat" / name
         case = _case(other_cfg, data, Path(other_dir), other_saved, other_summary, folder, shared)
         rows[name] = _row(case, judged, lpips, log)
-        rows[name] |= {"method": other_cfg.masking.method, **_trained(other_summary)}
+        rows[name] |= {"method": other_cfg.masking.method, **trained_figures(other_summary)}
     result = {
         "run": str(run_dir),
         "method": cfg.masking.method,

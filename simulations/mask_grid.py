@@ -1,10 +1,11 @@
 """Mask a few synthetic faces with every method of the paper's tables and save PNG grids.
 
-Rows: the originals, then the naive render of what each method hands to the recognition network
-(PPFR-FD, frequency- and RGB-domain MixUp/InstaHide with k=2, DP, DCTDP at its untrained uniform
+Rows: the originals, then the naive render of what each method hands to the recognition network,
+one per row of the paper's tables that has a grid label (`ahm_core.masking.methods.grid_rows`:
+PPFR-FD, frequency- and RGB-domain MixUp/InstaHide with k=2, DP, DCTDP at its untrained uniform
 budget, PPFR-FD + MixUp k=2..6, and PPFR-FD + MixUp with a per-sample k as the policy would
-choose it). A second grid shows six
-synthetic identities (rows) in eight images each (pose, expression, light, background, noise).
+choose it). A second grid shows six synthetic identities (rows) in eight images each (pose,
+expression, light, background, noise).
 """
 
 from __future__ import annotations
@@ -18,38 +19,27 @@ from torch import Tensor
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.synthetic import SynthFaces
 from ahm_core.masking import build_masking
+from ahm_core.masking.methods import grid_rows
 from ahm_core.plots import save_grid
 
 
 def masking_rows(faces: Tensor, fit_images: Tensor, seed: int = 0) -> list[tuple[str, Tensor]]:
-    """(label, rendered batch) for each method; faces are [n, 3, H, W] in [0, 1]."""
+    """(label, rendered batch) for the original faces and each row of `grid_rows()`; faces are
+    [n, 3, H, W] in [0, 1]. An adaptive row draws each face's k uniformly from its k set."""
     # No network is built here: one stage of the backbone only keeps any even size valid.
     base = apply_overrides(AHMConfig(), {"data.image_size": faces.shape[-1], "model.blocks": (1,)})
     labels = torch.arange(len(faces))
     rows = [("original", faces)]
-    settings = [
-        ("PPFR-FD", "ppfr_fd", {}),
-        ("MixUp-FD k=2", "mixup_fd", {}),
-        ("InstaHide-FD k=2", "instahide_fd", {}),
-        ("MixUp RGB k=2", "mixup_rgb", {}),
-        ("InstaHide RGB k=2", "instahide_rgb", {}),
-        ("DP eps=3", "dp", {}),
-        ("DCTDP eps=252", "dctdp", {}),
-    ]
-    settings += [(f"Masking+MixUp k={k}", "masking_mixup", {"mixup.k": k}) for k in range(2, 7)]
-    for label, method, extra in settings:
-        cfg = apply_overrides(base, {"masking.method": method, **extra})
+    for row in grid_rows():
+        cfg = apply_overrides(base, {"masking.method": row.method, **row.overrides})
         pipeline = build_masking(cfg, fit_images=fit_images)
-        batch = pipeline(faces, labels, generator=torch.Generator().manual_seed(seed))
-        rows.append((label, pipeline.render(batch.x)))
-    cfg = apply_overrides(base, {"masking.method": "masking_adamixup"})
-    pipeline = build_masking(cfg)
-    g = torch.Generator().manual_seed(seed)
-    k = torch.tensor(cfg.policy.k_set)[
-        torch.randint(len(cfg.policy.k_set), (len(faces),), generator=g)
-    ]
-    batch = pipeline(faces, labels, k=k, generator=g)
-    rows.append(("AdaMixUp k~{2..5}", pipeline.render(batch.x)))
+        g = torch.Generator().manual_seed(seed)
+        k = None
+        if pipeline.batch_mix == "adaptive":
+            ks = torch.tensor(cfg.policy.k_set)
+            k = ks[torch.randint(len(ks), (len(faces),), generator=g)]
+        batch = pipeline(faces, labels, k=k, generator=g)
+        rows.append((row.grid, pipeline.render(batch.x)))
     return rows
 
 

@@ -4,16 +4,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ahm_core.attacks import (
-    CGANAttack,
-    CGANOptions,
-    UnetGenerator,
-    attack_data,
-    dominant_sources,
-    mask_for_attack,
-    sample_ks,
-    unet_levels,
-)
+from ahm_core.attacks import CGANAttack, CGANOptions, UnetGenerator, attack_data, unet_levels
+from ahm_core.cases import dominant_sources, mask_for_attack, sample_ks
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.synthetic import SynthFaces
 from ahm_core.masking import build_masking

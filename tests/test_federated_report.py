@@ -68,7 +68,7 @@ def test_a_trained_first_stage_is_attacked_as_the_final_model_holds_it(tmp_path,
     torch.save({"state": state}, tmp_path / "checkpoint.pt")
     seen = []
     monkeypatch.setattr(
-        "ahm_core.paper.build_case",
+        "ahm_core.scoring.build_case",
         lambda *args: seen.append(args[-1]) or build_case(*args),
     )
     federated_report(cfg, SUMMARY, tmp_path, log=lambda line: None)

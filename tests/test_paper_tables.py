@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize
 
-from ahm_core import evaluators
+from ahm_core import judges
 from ahm_core.data.sources import load_faces, verification_split
-from ahm_core.masking.methods import METHODS
+from ahm_core.masking.methods import METHODS, ROWS, table_rows
 from ahm_core.metrics.uncertainty import mcnemar
-from ahm_core.paper import TABLE1_RGB, TABLE2, run_tables
+from ahm_core.paper import run_tables
 from simulations.schema import register, split_run_config
 
 register()
@@ -41,12 +41,12 @@ STUDY_SMOKE = (
 
 
 def check_report(results: dict, out) -> None:
-    assert set(results) == {row.name for row in TABLE2 + TABLE1_RGB}
+    assert set(results) == {row.name for row in ROWS}
     for name in ("report.md", "table2.csv", "privacy_accuracy.png"):
         assert (out / name).stat().st_size > 0
     with (out / "table2.csv").open() as handle:
         table = list(csv.DictReader(handle))
-    assert [r["Method"] for r in table] == [row.name for row in TABLE2]
+    assert [r["Method"] for r in table] == [row.name for row in table_rows(2)]
     for r in table[1:]:  # every masked row has all three scores, each in [0.5, 1]
         for column in ("Score", "Privacy", "Accuracy score"):
             assert 0.5 <= float(r[column]) <= 1.0, (r["Method"], column, r[column])
@@ -106,7 +106,7 @@ def test_study_profile_keeps_its_promises():
 def test_study_profile_smoke_on_synthetic_faces_and_cache(tmp_path, monkeypatch):
     # dlib judges on ORL below; here its absence is what is tested: a missing wheel is a column
     # said to be absent, never a silent zero
-    monkeypatch.setattr(evaluators, "dlib_unavailable", lambda: "dlib-bin is not installed")
+    monkeypatch.setattr(judges, "dlib_unavailable", lambda: "dlib-bin is not installed")
     cfg = config(*STUDY_SMOKE)
     assert (cfg.model.width, cfg.policy.interval) == (16, 2)  # the study's, not small's
     results = run_tables(cfg, tmp_path, log=lambda line: None)

@@ -3,9 +3,9 @@ import torch
 
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.synthetic import render_faces
-from ahm_core.experiment import FIT_IMAGES, fit_items
 from ahm_core.masking import EigenfaceDP, build_masking, first_stage_of, to_gray
 from ahm_core.masking.methods import METHODS
+from ahm_core.masking.pipeline import FIT_IMAGES, fit_items
 
 SIZE = 48
 

@@ -11,7 +11,7 @@ from ahm_core.cases import Case, attack_split, build_case
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.pairs import Pairs
 from ahm_core.data.sources import load_faces, verification_split
-from ahm_core.evaluators import Judges
+from ahm_core.judges import Judges
 from ahm_core.metrics import LPIPS
 from ahm_core.scoring import attack_case, ceilings, score
 

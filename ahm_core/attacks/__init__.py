@@ -6,15 +6,11 @@ imported below."""
 
 from ahm_core.attacks.base import ATTACKS, Attack, Reconstructions, register
 from ahm_core.attacks.cgan import (
-    AttackSet,
     CGANAttack,
     CGANOptions,
     PatchDiscriminator,
     UnetGenerator,
     attack_data,
-    dominant_sources,
-    mask_for_attack,
-    sample_ks,
     unet_levels,
 )
 from ahm_core.attacks.channel_drop import ChannelDrop
@@ -55,7 +51,6 @@ from ahm_core.attacks.model_inversion import (
 __all__ = [
     "ATTACKS",
     "Attack",
-    "AttackSet",
     "CGANAttack",
     "CGANOptions",
     "ChannelDrop",
@@ -76,11 +71,9 @@ __all__ = [
     "attack_report",
     "cluster_components",
     "demix",
-    "dominant_sources",
     "invert_gradients",
     "invert_identities",
     "invert_ppfr",
-    "mask_for_attack",
     "match_and_score",
     "ppfr_forward",
     "recover_components",
@@ -88,7 +81,6 @@ __all__ = [
     "recovery_report",
     "register",
     "remove_plane",
-    "sample_ks",
     "similarity_graph",
     "simulate_update",
     "train_evaluator",

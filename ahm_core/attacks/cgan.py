@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
+from ahm_core.cases import AttackSet, Case, mask_for_attack
 from ahm_core.config import AttackConfig
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.train import resolve_device
-
-if TYPE_CHECKING:
-    from ahm_core.cases import Case
 
 NORMS = ("batch", "instance")
 GAN_MODES = ("vanilla", "lsgan")
@@ -436,95 +434,6 @@ class CGANAttack:
         )
         attack.load_state_dict(state)
         return attack
-
-
-class AttackSet(NamedTuple):
-    """Masked data and the faces the attacker should recover from them, with the mixing record.
-
-    targets[i] = images[sources[i]], the source of largest total coefficient of masked[i];
-    coefs and index [N, k_max] are `Mixed.coefs` / `Mixed.index` (one column when not mixing).
-    """
-
-    masked: Tensor
-    targets: Tensor
-    labels: Tensor
-    sources: Tensor
-    coefs: Tensor
-    index: Tensor
-
-
-def sample_ks(
-    k_proportions: Mapping[int, float], n: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """n values of k drawn independently, P(k) proportional to k_proportions[k]."""
-    ks = sorted(k_proportions)
-    shares = [float(k_proportions[k]) for k in ks]
-    if not ks or any(k < 1 for k in ks) or min(shares) < 0 or sum(shares) <= 0:
-        raise ValueError(
-            f"k_proportions: need k >= 1 and shares >= 0 with a positive sum, got "
-            f"{dict(k_proportions)}"
-        )
-    device = generator.device if generator is not None else torch.device("cpu")
-    weights = torch.tensor(shares, dtype=torch.float64, device=device)
-    draws = torch.multinomial(weights, n, replacement=True, generator=generator).cpu()
-    return torch.tensor(ks, dtype=torch.long)[draws]
-
-
-def dominant_sources(coefs: Tensor, index: Tensor) -> Tensor:
-    """[N] source row of largest total coefficient per mixed sample (a row drawn twice adds up)."""
-    same = index[:, :, None] == index[:, None, :]
-    totals = (same * coefs[:, None, :]).sum(dim=2)
-    best = totals.argmax(dim=1, keepdim=True)
-    return index.gather(1, best).squeeze(1)
-
-
-def _attack_ks(
-    pipeline: MaskingPipeline,
-    k_proportions: Mapping[int, float] | None,
-    n: int,
-    generator: torch.Generator | None,
-) -> Tensor | None:
-    """Per-sample k for the adaptive method; None (the pipeline's own k) otherwise."""
-    if pipeline.batch_mix == "adaptive":
-        if k_proportions is None:
-            raise ValueError(f"{pipeline.method}: pass k_proportions, the policy's shares of k")
-        return sample_ks(k_proportions, n, generator)
-    if k_proportions is not None:
-        used = {k for k, share in k_proportions.items() if share > 0}
-        allowed = {pipeline.k} if pipeline.batch_mix else set()
-        if used != allowed:
-            raise ValueError(
-                f"{pipeline.method}: mixes {f'a fixed k={pipeline.k}' if allowed else 'nothing'}"
-                f"; got k_proportions {dict(k_proportions)}"
-            )
-    return None
-
-
-def mask_for_attack(
-    pipeline: MaskingPipeline,
-    images: Tensor,
-    labels: Tensor | None = None,
-    k_proportions: Mapping[int, float] | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackSet:
-    """Mask (and mix, as the method trains) a set of faces; each target is its dominant source.
-
-    k_proportions: the adaptive method's shares of each k (required there); fixed-k methods mix
-    their own k. Labels default to -1 (unknown, as for auxiliary faces).
-    """
-    n = len(images)
-    labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels
-    ks = _attack_ks(pipeline, k_proportions, n, generator)
-    mixed = pipeline.mix(pipeline.encode(images, generator), labels, ks, generator)
-    sources = dominant_sources(mixed.coefs, mixed.index)
-    return AttackSet(
-        mixed.x,
-        images[sources.to(images.device)],
-        labels.to(sources.device)[sources],
-        sources,
-        mixed.coefs,
-        mixed.index,
-    )
 
 
 def attack_data(

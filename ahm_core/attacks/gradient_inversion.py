@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
-from ahm_core.attacks.cgan import cgan_for, mask_for_attack
+from ahm_core.attacks.cgan import cgan_for
+from ahm_core.cases import mask_for_attack
 from ahm_core.data.sources import relabel
 from ahm_core.models import build_backbone, build_head
 

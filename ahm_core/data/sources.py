@@ -80,3 +80,22 @@ def relabel(labels: Tensor) -> tuple[Tensor, int]:
     """Map labels to 0..n-1 in sorted order; returns the new labels and n."""
     unique, inverse = torch.unique(labels, return_inverse=True)
     return inverse, len(unique)
+
+
+class RunData(NamedTuple):
+    """A run's faces, its training items with labels 0..n-1, and the held-out verification pairs."""
+
+    faces: FaceSet
+    train: Tensor
+    labels: Tensor
+    num_classes: int
+    pairs: Pairs
+
+
+def run_data(cfg: DataConfig) -> RunData:
+    """The faces `cfg` names, split for verification: what every run trains on and is attacked
+    with (centralized, federated, the paper tables' and reports' cases)."""
+    faces = load_faces(cfg)
+    split = verification_split(faces.labels, cfg)
+    labels, num_classes = relabel(faces.labels[split.train])
+    return RunData(faces, split.train, labels, num_classes, split.pairs)

@@ -1,8 +1,9 @@
 """One masking pipeline for every row of the paper's Tables 1-2: images in, training tensors out.
 
 `build_masking(cfg)` composes the first stage of `cfg.masking.method` (see
-`ahm_core.config.METHODS` and `ahm_core.masking.first_stage.FIRST_STAGES`) with its batch mix:
-none, MixUp, InstaHide, or MixUp with a per-sample k chosen by the policy.
+`ahm_core.masking.methods.METHODS` and `ahm_core.masking.first_stage.FIRST_STAGES`) with its batch
+mix: none, MixUp, InstaHide, or MixUp with a per-sample k chosen by the policy; `masking_for_run`
+builds it as a run does (fitted on its training images, with a trained stage's state).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import torch
 from torch import Tensor
 
 from ahm_core.config import AHMConfig, check_choice
+from ahm_core.data.base import FaceSet
 from ahm_core.freq import check_images
 from ahm_core.masking.first_stage import FIRST_STAGES, FirstStage
 from ahm_core.masking.methods import METHODS
 from ahm_core.masking.mixup import Mixed, instahide, mixup
+
+FIT_IMAGES = 2048  # the most training images a fitted first stage fits on
 
 
 @dataclass
@@ -107,3 +111,24 @@ def build_masking(cfg: AHMConfig, fit_images: Tensor | None = None) -> MaskingPi
         stage.fit(fit_images, torch.Generator().manual_seed(cfg.train.seed))
     k = cfg.mixup.k if spec.batch_mix in ("mixup", "instahide") else None
     return MaskingPipeline(cfg.masking.method, stage, spec.batch_mix, k, cfg.mixup.max_coef)
+
+
+def masking_for_run(
+    cfg: AHMConfig, faces: FaceSet, train: Tensor, trained: dict[str, Tensor] | None = None
+) -> MaskingPipeline:
+    """The run's masking pipeline. A fitted first stage (DP) fits on up to FIT_IMAGES training
+    images drawn at random (seeded by `data.seed`), so they span the identities, not the first
+    ones; a trained one (DCTDP) takes the `trained` state of its module, else starts untrained."""
+    fit = None
+    if first_stage_of(cfg).fitted:
+        fit = faces.images_uint8(fit_items(train, cfg.data.seed)).float() / 255.0
+    masking = build_masking(cfg, fit_images=fit)
+    if trained is not None and masking.first_stage.module is not None:
+        masking.first_stage.module.load_state_dict(trained)
+    return masking
+
+
+def fit_items(train: Tensor, seed: int) -> Tensor:
+    """Up to FIT_IMAGES of the training items, drawn at random (in their order)."""
+    g = torch.Generator().manual_seed(seed)
+    return train[torch.randperm(len(train), generator=g)[:FIT_IMAGES].sort().values]
