@@ -1,7 +1,7 @@
 """The first stage of a masking method: what turns a face into the tensor the network sees.
 
 A method of the paper's tables is a first stage composed with a batch mix (none, MixUp,
-InstaHide, adaptive MixUp; `ahm_core.config.METHODS`). Each first stage is one `FirstStage`
+InstaHide, adaptive MixUp; `ahm_core.masking.methods.METHODS`). Each first stage is one `FirstStage`
 subclass under `@register`, in its own module imported by `ahm_core/masking/__init__.py`: it
 knows its channel count, its encode (with its keys or noise), a differentiable encode for the
 attacks, a naive render, whether it is fitted on training images or trained with the network,
