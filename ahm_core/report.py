@@ -68,7 +68,7 @@ def federated_report(
 
 def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
     p, label = result["privacy"], result["privacy"]["lpips_label"]
-    cgan, absent = p["attacks"]["cgan"], result["absent_judges"]
+    absent = result["absent_judges"]
     rounds = [
         [
             str(r["round"]),
@@ -80,26 +80,14 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
         ]
         for r in summary["rounds"]
     ]
-    privacy = [
-        [f"M_{label}", fmt(p["masking"]["m_lpips"]["value"]), "-"],
-        [f"A_{label} [95%] (mean face; gain)", index_cell(cgan["a_lpips"]), "-"],
-        [
-            "PSNR / SSIM of reconstructions",
-            f"{fmt(cgan['psnr'], 2)} / {fmt(cgan.get('ssim'))}",
-            "-",
-        ],
+    privacy = [[f"M_{label}", fmt(p["masking"]["m_lpips"]["value"]), "-"]]
+    privacy += [
+        [f"M_feat ({judge})", fmt(p["masking"]["judges"][judge]["m_feat"]["value"]), "-"]
+        for judge in p["masking"]["judges"]
     ]
     privacy += [[f"judge {judge}", f"absent: {why}", "-"] for judge, why in absent.items()]
-    for judge, scored in cgan["judges"].items():
-        privacy += [
-            [f"M_feat ({judge})", fmt(p["masking"]["judges"][judge]["m_feat"]["value"]), "-"],
-            [f"A_feat ({judge}) [95%] (mean face; gain)", index_cell(scored["a_feat"]), "-"],
-            [
-                f"Rank-1 identity leakage ({judge}) [95%] (chance)",
-                rate_cell(scored["rank1"]),
-                rate_cell(p["ceilings"][judge]),
-            ],
-        ]
+    for name, scored in p["attacks"].items():
+        privacy += _attack_rows(ATTACK_LABELS.get(name, f"{name}: "), scored, p["ceilings"], label)
     final = fmt(result["final_accuracy"])
     if result["final_accuracy_ci95"]:
         final += f" {interval(result['final_accuracy_ci95'])}"
@@ -140,3 +128,35 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
         ]
     lines += ["![original / masked render / CGAN reconstruction](cgan.png)", ""]
     return lines
+
+
+# How the report names each attack of `PAPER_ATTACKS` (the CGAN's rows keep their plain names).
+ATTACK_LABELS = {"cgan": "", "channel_drop": "A.2: "}
+
+
+def _attack_rows(prefix: str, scored: dict, ceilings: dict, label: str) -> list[list[str]]:
+    """The privacy table's rows of one attack: its indices, PSNR/SSIM and each judge's rank-1."""
+    if "skipped" in scored:
+        return [[f"{prefix}attack", f"skipped: {scored['skipped']}", "-"]]
+    rows = [
+        [f"{prefix}A_{label} [95%] (mean face; gain)", index_cell(scored["a_lpips"]), "-"],
+        [
+            f"{prefix}PSNR / SSIM of reconstructions",
+            f"{fmt(scored['psnr'], 2)} / {fmt(scored.get('ssim'))}",
+            "-",
+        ],
+    ]
+    for judge, judged in scored["judges"].items():
+        rows += [
+            [
+                f"{prefix}A_feat ({judge}) [95%] (mean face; gain)",
+                index_cell(judged["a_feat"]),
+                "-",
+            ],
+            [
+                f"{prefix}Rank-1 identity leakage ({judge}) [95%] (chance)",
+                rate_cell(judged["rank1"]),
+                rate_cell(ceilings[judge]),
+            ],
+        ]
+    return rows

@@ -12,6 +12,7 @@ from ahm_core.cases import build_case
 from ahm_core.config import AHMConfig
 from ahm_core.federated import federated_data, initial_state, run_masking
 from ahm_core.report import federated_report
+from ahm_core.tables import rate_cell
 
 SUMMARY = {  # what rounds.json holds after two rounds
     "final_accuracy": 0.6,
@@ -59,6 +60,10 @@ def test_federated_report(tmp_path):
     with (tmp_path / "report.csv").open() as handle:
         rows = {row["Index"]: row for row in csv.DictReader(handle)}
     assert rows["Rank-1 identity leakage (own) [95%] (chance)"]["Ceiling"] != "-"
+    channel_drop = result["privacy"]["attacks"]["channel_drop"]  # appendix A.2, beside the CGAN
+    assert rows["A.2: Rank-1 identity leakage (own) [95%] (chance)"]["Value"] == rate_cell(
+        channel_drop["judges"]["own"]["rank1"]
+    )
 
 
 def test_a_trained_first_stage_is_attacked_as_the_final_model_holds_it(tmp_path, monkeypatch):
