@@ -62,7 +62,7 @@ class DataConfig:
 @dataclass
 class MaskingConfig:
     """Which row of the paper's tables, and its first stage's options (each stage's `options`):
-    the block DCT's upsampling; PPFR-FD's (DESIGN D2); the eigenface DP's; DCTDP's."""
+    the block DCT's upsampling; PPFR-FD's (docs/design.md D2); the eigenface DP's; DCTDP's."""
 
     method: str = "masking_adamixup"
     upsample: int = 8  # bdct, ppfr_fd, dctdp
@@ -82,7 +82,7 @@ class MaskingConfig:
 
 @dataclass
 class MixupConfig:
-    """Fixed-k MixUp (DESIGN D3)."""
+    """Fixed-k MixUp (docs/design.md D3)."""
 
     k: int = field(default=2, metadata={"min": 2})  # images mixed
     max_coef: float = 0.55
@@ -90,10 +90,10 @@ class MixupConfig:
 
 @dataclass
 class PolicyConfig:
-    """The strategy network choosing k per sample, trained with REINFORCE (DESIGN D6)."""
+    """The strategy network choosing k per sample, trained with REINFORCE (docs/design.md D6)."""
 
     k_set: tuple[int, ...] = (2, 3, 4, 5)
-    net: str = "resnet18"  # the strategy network: resnet18 (DESIGN D6) | small (CPU scale)
+    net: str = "resnet18"  # the strategy network: resnet18 (docs/design.md D6) | small (CPU scale)
     per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
     reward: str = "margin_free"  # ahm_core.policy.REWARDS: loss (Algorithm 1's) | margin_free
     baseline: str = "moving_average"  # moving_average | batch_mean (leave-one-out, per-sample k)
@@ -107,7 +107,7 @@ class PolicyConfig:
 
 @dataclass
 class ModelConfig:
-    """FRNet backbone and ArcFace head (DESIGN D4, D5)."""
+    """FRNet backbone and ArcFace head (docs/design.md D4, D5)."""
 
     backbone: str = "ir_se_small"
     blocks: tuple[int, ...] = (1, 1, 1, 1)  # ir_se_small: IR-SE blocks per stage
@@ -196,7 +196,7 @@ class FederationConfig:
 
 @dataclass
 class AttackConfig:
-    """Adversaries of the threat model (DESIGN section 4)."""
+    """Adversaries of the threat model (docs/design.md section 4)."""
 
     victims: int = field(default=256, metadata={"min": 2})  # victim images attacked
     aux_images: int = field(default=1024, metadata={"min": 2})  # the attacker's own pairs

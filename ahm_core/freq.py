@@ -1,4 +1,4 @@
-"""Block DCT of bilinearly upsampled grayscale images (DESIGN D1) and its inverse.
+"""Block DCT of bilinearly upsampled grayscale images (docs/design.md D1) and its inverse.
 
 `bdct(x, u)` equals: bilinear upsample by `u` (align_corners=False) -> orthonormal 8x8 DCT-II of
 each block, stride 8 -> 64 channels, channel c = basis (c // 8, c % 8). Because upsampling and the

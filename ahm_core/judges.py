@@ -1,5 +1,5 @@
 """The face recognisers that judge an attack: the project's own unmasked ArcFace network trained
-on the same data (the paper's feature model, DESIGN D7), and dlib's pretrained ResNet face
+on the same data (the paper's feature model, docs/design.md D7), and dlib's pretrained ResNet face
 descriptor, which neither the defence nor the attacker trained. A judge maps RGB images in [0, 1]
 to embeddings; where dlib is not installed its column is absent, with the reason."""
 

@@ -34,8 +34,8 @@ from torchvision.models import resnet18
 from ahm_core.config import PolicyConfig
 
 NETS = ("resnet18", "small")  # the strategy network: the paper's ResNet-18, or CPU scale
-# What the reward measures: Algorithm 1's loss, or the MixUp loss at margin 0 (DESIGN D6), in
-# the order of `MixUpArcFace.losses`.
+# What the reward measures: Algorithm 1's loss, or the MixUp loss at margin 0
+# (docs/design.md D6), in the order of `MixUpArcFace.losses`.
 REWARDS = ("loss", "margin_free")
 # REINFORCE's baseline: a moving average over updates, or the mean of the batch's other samples.
 BASELINES = ("moving_average", "batch_mean")
@@ -90,7 +90,7 @@ def combine_rewards(reward1: Tensor, reward2: Tensor, alpha: float, beta: float)
 
 
 class AdaptivePolicy:
-    """StrategyNet + Adam + REINFORCE baseline + histogram of the k it chose (DESIGN D6).
+    """StrategyNet + Adam + REINFORCE baseline + histogram of the k it chose (docs/design.md D6).
 
     baseline `moving_average`: b moves towards each batch's mean reward with `baseline_momentum`;
     `batch_mean`: sample i's b is the mean reward of the batch's other samples (leave-one-out, so

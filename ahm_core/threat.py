@@ -1,5 +1,5 @@
-"""The threat report of a finished federated run: every adversary of DESIGN section 4, run for real,
-against each defence of `attack.defences` on the same victims (`threat_report.md`).
+"""The threat report of a finished federated run: every adversary of docs/design.md section 4,
+run for real, against each defence of `attack.defences` on the same victims (`threat_report.md`).
 
 The adversary has the model's structure and parameters and all masked data (the paper's threat
 model), and the masking pipeline with its keys (white box). Per defence:

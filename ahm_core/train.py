@@ -1,4 +1,4 @@
-"""The local training loop, shared by centralized runs and Flower clients (DESIGN D4-D6).
+"""The local training loop, shared by centralized runs and Flower clients (docs/design.md D4-D6).
 
 One step: uint8 images -> masking pipeline (PPFR-FD, DP, block DCT or RGB) -> (adaptive) MixUp ->
 FRNet + (MixUp-)ArcFace head -> per-sample loss -> SGD. For `masking_adamixup` the strategy

@@ -1,4 +1,4 @@
-"""Gradient inversion (DESIGN section 4.2) on tiny models and 16x16 synthetic faces."""
+"""Gradient inversion (docs/design.md section 4.2) on tiny models and 16x16 synthetic faces."""
 
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def test_ppfr_fd_mixup_defeats_the_same_attack() -> None:
     The attack may recover the mixed PPFR-FD batch (15 channels here, for speed) about as well as
     plain images on some seeds; what it cannot reach is what the attacker wants: the naive
     decoding of its reconstruction loses >= 5 dB of PSNR against the dominant true face, where
-    the unmasked reconstruction is the face. (The CGAN of DESIGN 4.1 is the stronger decoder.)
+    the unmasked reconstruction is the face. (The CGAN of docs/design.md 4.1 is the stronger
+    decoder.)
     """
     identities = torch.tensor([1, 2])
     images = faces(identities)

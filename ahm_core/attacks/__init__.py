@@ -1,8 +1,8 @@
-"""Adversaries of the threat model (DESIGN section 4): black-box CGAN reconstruction, the same after
-the appendix-A.2 channel removal, gradient inversion of shared updates, white-box demixing with
-PPFR-FD inversion, GMI model inversion. Each module registers its `Attack` in `ATTACKS` (in the
-order imported here, the reports' order); a new attack is one module with a registered subclass,
-imported below."""
+"""Adversaries of the threat model (docs/design.md section 4): black-box CGAN reconstruction, the
+same after the appendix-A.2 channel removal, gradient inversion of shared updates, white-box
+demixing with PPFR-FD inversion, GMI model inversion. Each module registers its `Attack` in
+`ATTACKS` (in the order imported here, the reports' order); a new attack is one module with a
+registered subclass, imported below."""
 
 from ahm_core.attacks.base import ATTACKS, Attack, Reconstructions, register
 from ahm_core.attacks.cgan import (

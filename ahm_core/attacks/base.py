@@ -37,7 +37,7 @@ class Reconstructions:
 
 
 class Attack(ABC):
-    """An adversary of the threat model (DESIGN section 4)."""
+    """An adversary of the threat model (docs/design.md section 4)."""
 
     name: ClassVar[str]  # its registry key and the name reports print
     holds: ClassVar[str]  # what it holds, in a few words, for the report

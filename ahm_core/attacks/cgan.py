@@ -1,4 +1,4 @@
-"""Black-box CGAN reconstruction attack (DESIGN section 4.1, the paper's Fig. 3).
+"""Black-box CGAN reconstruction attack (docs/design.md section 4.1, the paper's Fig. 3).
 
 A pix2pix conditional GAN (Isola et al. 2017, with the structure and options of
 pytorch-CycleGAN-and-pix2pix) learns to map masked tensors back to faces. It trains on auxiliary

@@ -1,4 +1,5 @@
-"""White-box demixing of MixUp and InstaHide, then PPFR-FD inversion with known keys (DESIGN 4.3).
+"""White-box demixing of MixUp and InstaHide, then PPFR-FD inversion with known keys
+(docs/design.md 4.3).
 
 After Carlini et al. 2020, "An attack on InstaHide": encodings that share a private component are
 similar (`similarity_graph`: correlation of the encodings, or of their squares for InstaHide, where

@@ -1,4 +1,4 @@
-"""Gradient inversion of a client's shared update (DESIGN section 4.2; Geiping et al. 2020).
+"""Gradient inversion of a client's shared update (docs/design.md section 4.2; Geiping et al. 2020).
 
 "Inverting Gradients" with breaching's split into who shares what (`simulate_update`), the
 attack (`invert_gradients`) and the analysis (`match_and_score`). The attacker holds the model and

@@ -1,4 +1,5 @@
-"""White-box model inversion of the trained network (DESIGN section 4.4): GMI, Zhang et al. 2020.
+"""White-box model inversion of the trained network (docs/design.md section 4.4): GMI, Zhang et
+al. 2020.
 
 "The Secret Revealer": the attacker trains a GAN on auxiliary faces of identities disjoint from
 the victims', then, for a target identity c, searches the generator's latent space for faces that

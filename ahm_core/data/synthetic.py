@@ -1,4 +1,5 @@
-"""SynthFaces: procedural faces, a real recognition task that needs no download (DESIGN section 3).
+"""SynthFaces: procedural faces, a real recognition task that needs no download
+(docs/design.md section 3).
 
 An identity is a set of seeded parameters (face shape and jaw, skin tone and texture, hair colour
 and style, ears, eyes and iris colour, brows, nose, mouth, beard, moles). Each image of it varies

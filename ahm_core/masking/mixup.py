@@ -1,4 +1,5 @@
-"""MixUp and InstaHide inside a batch (DESIGN D3), in any domain: RGB images or frequency channels.
+"""MixUp and InstaHide inside a batch (docs/design.md D3), in any domain: RGB images or
+frequency channels.
 
 Row i of the result mixes k_i rows of the batch: itself (column 0) and rows of k_i - 1 random
 permutations, with coefficients |N(0, 1)| normalised to sum 1 and redrawn until none exceeds

@@ -1,4 +1,5 @@
-"""PPFR-FD frequency-domain masking (DESIGN D2), a reproduction: the authors' code is not public.
+"""PPFR-FD frequency-domain masking (docs/design.md D2), a reproduction: the authors' code is
+not public.
 
 Recipe per grayscale image: block DCT (upsampled x u) -> keep a subset of AC channels (DC dropped)
 -> shuffle P1 -> channel self-normalisation -> channel mixing -> shuffle P2 -> self-normalisation.

@@ -1,4 +1,4 @@
-"""LPIPS (AlexNet, v0.1) distances that never download anything (DESIGN D8).
+"""LPIPS (AlexNet, v0.1) distances that never download anything (docs/design.md D8).
 
 The `lpips` package ships its linear heads; its AlexNet backbone is torchvision's ImageNet
 checkpoint, which `lpips` would fetch from the internet. Here the backbone is read from

@@ -1,5 +1,5 @@
-"""Privacy indices and the scores of the paper's Table 2 (section 4.2, DESIGN D7), with PSNR, SSIM
-and identity leakage beyond the paper.
+"""Privacy indices and the scores of the paper's Table 2 (section 4.2, docs/design.md D7), with
+PSNR, SSIM and identity leakage beyond the paper.
 
 Masking effect: M_lpips = mean LPIPS(original, render(masked)), M_feat = 1 - mean cos(f(original),
 f(render(masked))) with f an FR model trained on original images; attack effect (A_lpips, A_feat):

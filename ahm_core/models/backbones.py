@@ -1,4 +1,4 @@
-"""IR-SE face-recognition backbones (DESIGN D5) in the face.evoLVe / InsightFace layout.
+"""IR-SE face-recognition backbones (docs/design.md D5) in the face.evoLVe / InsightFace layout.
 
 The first convolution takes any channel count: 63 PPFR-FD channels, 64 block-DCT channels,
 3 for the RGB ArcFace baseline (the "RGB twin"), 1 for eigenface DP. Module names follow

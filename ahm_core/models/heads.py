@@ -1,4 +1,4 @@
-"""ArcFace and MixUp-ArcFace heads (DESIGN D4, the paper's Algorithm 1).
+"""ArcFace and MixUp-ArcFace heads (docs/design.md D4, the paper's Algorithm 1).
 
 For sample i mixing components j with labels y_ij and coefficients l_ij (rows sum to 1, a zero
 coefficient marks an absent component), the logits are
