@@ -1,20 +1,22 @@
 """The server's strategy: any of Flower's own (`STRATEGIES`), optionally inside one of Flower's
 DP-FedAvg wrappers (`DP_WRAPPERS`), with what a face-recognition federation needs around it.
 
-`Guarded` is a mixin that overrides the four hooks of Flower's Strategy and calls `super()`:
+`Guarded` wraps that strategy as Flower's DP wrappers wrap theirs: it holds `self.strategy`,
+overrides the four hooks of Flower's Strategy and calls into the wrapped one:
 
 - configure: a seeded draw of nodes (sorted ids, so it depends on the seed and the node set
   only), rounds numbered from `first_round` (a resumed run continues the count, which FedAdam's
   bias correction reads);
 - aggregate_train: every reply checked (`server.replies`) and screened (`ahm_core.screening`),
   one partition once, weights bounded, the chosen clients' updates captured for the threat
-  model, then the base strategy's own aggregation over the rest, in partition order; the result
-  keeps the model's dtypes. A round in which nothing passes keeps the global model;
+  model, then the wrapped strategy's own aggregation over the rest, in partition order; the
+  result keeps the model's dtypes. A round in which nothing passes keeps the global model;
 - aggregate_evaluate: the same for the clients' verification accuracy.
 
-`build_strategy` composes the class for a config; `server_state` / `load_server_state` carry
-the server optimiser's state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments, adaptive
-clipping norm) through a checkpoint.
+`build_strategy` composes Guarded(DP wrapper(base)) for a config, Guarded outermost, so the DP
+wrapper clips and noises only what passed; `server_state` / `load_server_state` carry the server
+optimiser's state (FedAvgM momentum, FedAdam/FedYogi/FedAdagrad moments, adaptive clipping
+norm) through a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -242,24 +244,41 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
 
 
 class Guarded(Strategy):
-    """Checks, screening, seeded sampling, round numbering and capture around a Flower
-    strategy; mixed in before it (`build_strategy`)."""
+    """Checks, screening, seeded sampling, round numbering and capture around the Flower
+    strategy it wraps (`self.strategy`), which configures and aggregates."""
 
     def __init__(
         self,
-        *args: Any,
+        strategy: Strategy,
         cfg: AHMConfig,
         limits: Limits,
         first_round: int = 1,
         capture_dir: Path | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__()
+        self.strategy = strategy
         self.cfg, self.limits = cfg, limits
         self.offset = first_round - 1
         self.capture_dir = capture_dir
         self.stats = RoundStats(first_round)
         self._global: ArrayRecord | None = None
+
+    @property
+    def clipping_norm(self) -> float | None:
+        """The DP wrapper's clipping norm now (adaptive clipping moves it); None without DP."""
+        return getattr(self.strategy, "clipping_norm", None)
+
+    def summary(self) -> None:
+        """Log the guard's settings, then the wrapped strategy's."""
+        f = self.cfg.federation
+        log(
+            INFO,
+            "\t├──> Guarded: rounds from %d, screen=%s, capture_clients=%d",
+            self.offset + 1,
+            f.screen,
+            f.capture_clients,
+        )
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -269,7 +288,8 @@ class Guarded(Strategy):
         self.stats = RoundStats(number)
         self._global = arrays
         with _seeded(self.cfg.train.seed * 1_000_003 + number):
-            messages = list(super().configure_train(number, arrays, config, _SortedGrid(grid)))
+            messages = self.strategy.configure_train(number, arrays, config, _SortedGrid(grid))
+            messages = list(messages)
         self.stats.sampled = len(messages)
         return messages
 
@@ -316,7 +336,7 @@ class Guarded(Strategy):
                 }
             )
         with _seeded(self.cfg.train.seed * 1_000_003 + number):
-            arrays, metrics = super().aggregate_train(number, [c.message for c in checked])
+            arrays, metrics = self.strategy.aggregate_train(number, [c.message for c in checked])
         if arrays is None:
             return None, metrics
         stats.train = {k: v for k, v in metrics.items() if not k.startswith("k-")}
@@ -358,7 +378,8 @@ class Guarded(Strategy):
         """A seeded sample of nodes verifies the global backbone on its own pairs."""
         number = server_round + self.offset
         with _seeded(self.cfg.train.seed * 1_000_003 - number):
-            return list(super().configure_evaluate(number, arrays, config, _SortedGrid(grid)))
+            messages = self.strategy.configure_evaluate(number, arrays, config, _SortedGrid(grid))
+            return list(messages)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -379,7 +400,7 @@ class Guarded(Strategy):
                 messages.append(msg)
         if not messages:
             return None
-        result = super().aggregate_evaluate(server_round + self.offset, messages)
+        result = self.strategy.aggregate_evaluate(server_round + self.offset, messages)
         if result is not None:
             self.stats.client_accuracy = float(result["accuracy"])
         return result
@@ -415,36 +436,44 @@ def _conformed(arrays: ArrayRecord, like: ArrayRecord) -> ArrayRecord:
 
 def build_strategy(
     cfg: AHMConfig, limits: Limits, first_round: int = 1, capture_dir: Path | None = None
-) -> Strategy:
-    """`federation.strategy` (inside `federation.dp`'s wrapper when set) with `Guarded` mixed
-    in before it."""
+) -> Guarded:
+    """`federation.strategy`, inside `federation.dp`'s wrapper when set, inside `Guarded`."""
     f = cfg.federation
     check_strategy(f)
     base, params = STRATEGIES[f.strategy]
-    kwargs: dict[str, Any] = {
-        "fraction_train": f.fraction_train,
-        "fraction_evaluate": f.fraction_evaluate,
-        "min_train_nodes": f.min_clients,
-        "min_evaluate_nodes": f.min_clients if f.fraction_evaluate > 0 else 0,
-        "min_available_nodes": f.min_clients,
-        "train_metrics_aggr_fn": aggregate_train_metrics,
+    strategy = base(
+        fraction_train=f.fraction_train,
+        fraction_evaluate=f.fraction_evaluate,
+        min_train_nodes=f.min_clients,
+        min_evaluate_nodes=f.min_clients if f.fraction_evaluate > 0 else 0,
+        min_available_nodes=f.min_clients,
+        train_metrics_aggr_fn=aggregate_train_metrics,
         **params(f, cfg),
-    }
-    guard = {"cfg": cfg, "limits": limits, "first_round": first_round, "capture_dir": capture_dir}
-    if f.dp == "none":
-        return type(f"Guarded{base.__name__}", (Guarded, base), {})(**kwargs, **guard)
-    wrapper, dp_params = DP_WRAPPERS[f.dp]
-    sampled = max(f.min_clients, int(limits.num_nodes * f.fraction_train))  # as FedAvg samples
-    cls = type(f"Guarded{wrapper.__name__}", (Guarded, wrapper), {})
-    try:
-        return cls(base(**kwargs), **dp_params(f, sampled), **guard)
-    except ValueError as err:  # Flower's own check of the DP parameters
-        raise ConfigError(f"federation.dp={f.dp}: {err}") from None
+    )
+    if f.dp != "none":
+        wrapper, dp_params = DP_WRAPPERS[f.dp]
+        sampled = max(f.min_clients, int(limits.num_nodes * f.fraction_train))  # as FedAvg does
+        try:
+            strategy = wrapper(strategy, **dp_params(f, sampled))
+        except ValueError as err:  # Flower's own check of the DP parameters
+            raise ConfigError(f"federation.dp={f.dp}: {err}") from None
+    return Guarded(strategy, cfg, limits, first_round, capture_dir)
 
 
-def _aggregator(strategy: Strategy) -> Strategy:
-    """The strategy that aggregates: the wrapped one inside a DP wrapper."""
-    return getattr(strategy, "strategy", strategy)
+def _layers(strategy: Strategy) -> list[Strategy]:
+    """The strategy and the ones it wraps, outermost first: Guarded, a DP wrapper, the base."""
+    layers = [strategy]
+    while isinstance(getattr(layers[-1], "strategy", None), Strategy):
+        layers.append(layers[-1].strategy)
+    return layers
+
+
+def _stateful(strategy: Strategy) -> list[tuple[Strategy, tuple[str, ...]]]:
+    """Where the state between rounds lives: the base's optimiser, the DP wrapper's clipping."""
+    *wrappers, base = _layers(strategy)
+    dp_classes = tuple(cls for cls, _ in DP_WRAPPERS.values())
+    dp = [w for w in wrappers if isinstance(w, dp_classes)]
+    return [(base, OPTIMISER_STATE), *((w, DP_STATE) for w in dp)]
 
 
 def _to_torch(value: Any) -> Any:
@@ -474,7 +503,7 @@ def _from_torch(value: Any) -> Any:
 def server_state(strategy: Strategy) -> dict[str, Any]:
     """What the server optimiser (and adaptive clipping) carries between rounds, as tensors."""
     state = {}
-    for obj, names in ((_aggregator(strategy), OPTIMISER_STATE), (strategy, DP_STATE)):
+    for obj, names in _stateful(strategy):
         for name in names:
             if getattr(obj, name, None) is not None:
                 state[name] = _to_torch(getattr(obj, name))
@@ -483,7 +512,7 @@ def server_state(strategy: Strategy) -> dict[str, Any]:
 
 def load_server_state(strategy: Strategy, state: dict[str, Any]) -> None:
     """Restore what `server_state` saved."""
-    for obj, names in ((_aggregator(strategy), OPTIMISER_STATE), (strategy, DP_STATE)):
+    for obj, names in _stateful(strategy):
         for name in names:
             if name in state:
                 setattr(obj, name, _from_torch(state[name]))
