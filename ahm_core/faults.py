@@ -1,6 +1,7 @@
 """Injected client faults: a client that fails, and clients that behave like an adversary
 (`federation.fault_mode`, on `federation.fault_fraction` of the partitions). They drive the
-fault tests and the Byzantine study (`benchmarks/byzantine.py`).
+fault tests and the Byzantine study (`benchmarks/byzantine.py`); the ClientApp applies them
+in a mod (`client.mods.injected_faults`).
 
 `raise` and `hang` fail before any work; every other mode trains honestly first and then
 corrupts its reply, so a corrupted update is built from a real one.

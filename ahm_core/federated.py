@@ -1,6 +1,7 @@
 """The federated task without Flower: a client's partition and round of local training, the
-server's initial model, update screening and global evaluation. `client/app.py` and
-`server/app.py` are thin Flower shells over these functions.
+server's initial model and global evaluation, and reading Flower's run config. `client/app.py`
+and `server/` are thin Flower shells over these functions (screening is `ahm_core.screening`,
+injected faults `ahm_core.faults`).
 
 What travels is a flat state dict of tensors: `backbone.*` always, `head.*` only with
 `federation.share_head` (the head then spans every training identity). Otherwise each client's
@@ -51,8 +52,9 @@ APP_DEFAULTS: dict[str, bool | int | float | str] = {
 }
 
 
-def split_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]]:
-    """A Flower run config -> the validated AHMConfig and the app options (APP_DEFAULTS keys)."""
+def parse_flower_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[str, Any]]:
+    """Flower's flat run config -> the validated AHMConfig (its `section.key` entries) and the
+    app options (APP_DEFAULTS keys)."""
     options = {key: flat.get(key, default) for key, default in APP_DEFAULTS.items()}
     cfg = validate(from_flat({k: v for k, v in flat.items() if k not in APP_DEFAULTS}))
     return cfg, options

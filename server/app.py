@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from ahm_core.errors import input_errors
-from ahm_core.federated import APP_DEFAULTS, split_run_config
+from ahm_core.federated import APP_DEFAULTS, parse_flower_run_config
 from ahm_core.io import atomic_write
 from server.run import ServerRun
 
@@ -65,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
     token = str(flat.get("run-token", APP_DEFAULTS["run-token"]))
     write_status(out, token, "running")
     try:
-        cfg, options = split_run_config(flat)
+        cfg, options = parse_flower_run_config(flat)
         ServerRun(cfg, options).run(grid)
     except input_errors() as err:  # bad input: one line, no traceback (Flower prints one if raised)
         log(ERROR, "ahm: %s", err)

@@ -16,7 +16,7 @@ from ahm_core.config import (
     refuse_changed_config,
     to_dict,
 )
-from ahm_core.federated import split_run_config
+from ahm_core.federated import parse_flower_run_config
 
 
 def test_defaults_are_valid_and_round_trip():
@@ -213,7 +213,7 @@ def test_values_convert_exactly_as_hydra_converts_them(hint, value):
 )
 def test_flower_run_config_gives_one_clear_error(option, value, phrase):
     with pytest.raises(ConfigError) as err:
-        split_run_config({option: value})
+        parse_flower_run_config({option: value})
     assert str(err.value).startswith(option) and phrase in str(err.value)
 
 

@@ -12,7 +12,7 @@ from ahm_core.federated import (
     local_evaluate,
     local_train,
     pack_state,
-    split_run_config,
+    parse_flower_run_config,
     unpack_state,
 )
 from ahm_core.train import Trainer
@@ -108,11 +108,13 @@ def test_client_state_store_keeps_what_a_restart_needs(tmp_path):
 
 
 def test_run_config_splits_into_config_and_app_options():
-    cfg, options = split_run_config({"mixup.k": 3, "out-dir": "/tmp/x", "metrics-port": 9100})
+    cfg, options = parse_flower_run_config(
+        {"mixup.k": 3, "out-dir": "/tmp/x", "metrics-port": 9100}
+    )
     assert cfg.mixup.k == 3 and options["out-dir"] == "/tmp/x" and options["metrics-port"] == 9100
     assert options["resume"] is True and options["client-state-dir"] == ""
     with pytest.raises(ValueError, match=r"mixup\.kk"):
-        split_run_config({"mixup.kk": 3})
+        parse_flower_run_config({"mixup.kk": 3})
 
 
 def test_pack_state_leaves_the_backbone_out():

@@ -6,7 +6,7 @@ import tomli
 from hydra import compose, initialize_config_dir
 
 from ahm_core.config import to_flat
-from ahm_core.federated import APP_DEFAULTS, split_run_config
+from ahm_core.federated import APP_DEFAULTS, parse_flower_run_config
 from simulations import schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,6 @@ def test_pyproject_runs_the_federated_profile_with_every_key():
     with initialize_config_dir(config_dir=str(ROOT / "simulations/conf"), version_base=None):
         profile, _ = schema.split_run_config(compose("federated"))
     assert flat == {**APP_DEFAULTS, **to_flat(profile)}
-    cfg, options = split_run_config(flat)
+    cfg, options = parse_flower_run_config(flat)
     assert cfg == profile and options == APP_DEFAULTS
     assert cfg.masking.method == "masking_adamixup" and cfg.federation.rounds == 3

@@ -1,5 +1,5 @@
 """Every Flower strategy and DP-FedAvg wrapper for one round end to end on the smallest model
-(in-process, `simulations.local`), exact resume with a stateful server optimiser, FedProx's
+(in-process, `simulations.local`), the ClientApp's fault mod, exact resume with a stateful server optimiser, FedProx's
 proximal term, and the DP accountant against a hand computation."""
 
 import math
@@ -36,10 +36,20 @@ def test_each_strategy_trains_a_round_with_checks_and_screening(strategy, tmp_pa
     )
 
 
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_the_fault_mod_fails_or_poisons_one_client_and_the_round_goes_on(mode, tmp_path):
+    faulty = one_round(**{"federation.fault_fraction": 0.34, "federation.fault_mode": mode})
+    r = run_local(faulty, tmp_path, NODES)["rounds"][1]
+    if mode == "raise":
+        assert (r["succeeded"], r["failed"], r["accepted"], r["rejected"]) == (2, 1, 2, {})
+    else:  # trained, then corrupted by the mod: the reply arrives and the checks reject it
+        assert (r["succeeded"], r["accepted"], r["rejected"]) == (3, 2, {"non_finite": 1})
+
+
 @pytest.mark.parametrize("dp", DP_WRAPPERS)
 def test_dp_fedavg_clips_adds_noise_and_accounts(dp, tmp_path):
     clip = 0.05
-    cfg = config(
+    cfg = one_round(
         **{
             "federation.dp": dp,
             "federation.dp_clipping_norm": clip,
@@ -60,7 +70,7 @@ def test_dp_fedavg_clips_adds_noise_and_accounts(dp, tmp_path):
 @pytest.mark.parametrize("dp", ["server_fixed", "client_fixed"])
 def test_dp_clipping_bounds_what_a_round_can_move(dp, tmp_path):
     clip = 1e-3
-    cfg = config(
+    cfg = one_round(
         **{
             "federation.dp": dp,
             "federation.dp_clipping_norm": clip,
