@@ -1,6 +1,6 @@
 """Every Flower strategy and DP-FedAvg wrapper for one round end to end on the smallest model
-(in-process, `simulations.local`), the ClientApp's fault mod, exact resume with a stateful server optimiser, FedProx's
-proximal term, and the DP accountant against a hand computation."""
+(in-process, `simulations.local`), the ClientApp's fault mod, exact resume with a stateful
+server optimiser, FedProx's proximal term, and the DP accountant against a hand computation."""
 
 import math
 
