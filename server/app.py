@@ -7,6 +7,10 @@ bad input (a config, data or checkpoint error) is logged as one line, its messag
 and the ServerApp returns without the traceback Flower would print.
 `token` echoes the app option `run-token`, so a launcher tells its own launch's outcome from a
 file an earlier run left; it needs the file because `flwr run` exits 0 whatever the ServerApp did.
+
+Flower's records reach the console once, through Flower's own handler (INFO; FLWR_LOG_LEVEL=DEBUG
+for more): they do not propagate to the root logger, where Opacus (`server.privacy`) installs a
+handler on import (`logging.basicConfig`) that printed each line again, plain and at DEBUG.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from logging import ERROR
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log, set_logger_propagation
 from flwr.serverapp import Grid, ServerApp
 
 from ahm_core.errors import input_errors
@@ -26,6 +30,7 @@ from ahm_core.io import atomic_write
 from server.run import ServerRun
 
 STATUS_FILE = "status.json"  # in out-dir
+set_logger_propagation(FLOWER_LOGGER, False)
 app = ServerApp()
 
 

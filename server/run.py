@@ -37,6 +37,18 @@ from server.strategy import Guarded, build_strategy, load_server_state, server_s
 CHECKPOINT_KEYS = ("round", "state", "history", "config", "server_state")
 
 
+def progress_line(record: dict[str, Any], rounds: int) -> str:
+    """A round's line in the log: the global model's accuracy, what became of the clients."""
+    line = f"round {record['round']}/{rounds}: verification accuracy {record['accuracy']:.4f}"
+    if record["round"] == 0:
+        return f"{line} (the initial model)"
+    rejected = sum(record["rejected"].values())
+    return (
+        f"{line}; clients: {record['accepted']} of {record['sampled']} accepted, "
+        f"{rejected} rejected, {record['failed']} failed; {record['seconds']:.1f} s"
+    )
+
+
 class ServerRun:
     """One federated run's server, writing under `options['out-dir']`."""
 
@@ -141,7 +153,7 @@ class ServerRun:
             for b in self.benchmarks
         }
         self.history.append(record)
-        log(INFO, "round %d: verification accuracy %.4f", number, report["accuracy"])
+        log(INFO, "%s", progress_line(record, self.cfg.federation.rounds))
         for name, bench in record["benchmarks"].items():
             log(INFO, "round %d: %s %s", number, name, benchmark_line(bench))
         self._save(number)

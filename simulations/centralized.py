@@ -8,7 +8,6 @@ python -m simulations.centralized -m masking.method=arcface,ppfr_fd profile=smok
 from __future__ import annotations
 
 import json
-import logging
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -23,7 +22,6 @@ register()
 @entry("centralized", "centralized")
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg)
-    logging.getLogger("ahm_core").setLevel(logging.INFO)
     metrics = run_centralized(cfg, HydraConfig.get().runtime.output_dir, options["resume"])
     keys = ("method", "verification_accuracy", "k_proportions", "checkpoint")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}))

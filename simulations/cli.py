@@ -1,4 +1,10 @@
-"""How every hydra entry point ends on bad input: one line `prog: what`, exit status 1.
+"""What every hydra entry point shares: its log level, and how it ends on bad input.
+
+Logs: the project's loggers (`ahm_core`) at INFO, and Flower's at its default, INFO. `-v` or
+`--verbose` anywhere on the command line (taken out before hydra reads it) turns on DEBUG for
+both: `ahm_core` here, Flower's through FLWR_LOG_LEVEL in the environment `flwr run` inherits.
+
+Bad input: one line `prog: what`, exit status 1.
 
 Hydra prints a bad override over several lines and a task's exception with a traceback. `entry`
 runs hydra with HYDRA_FULL_ERROR set, so both reach it, and ends the program with one line for
@@ -9,10 +15,13 @@ traceback; so does everything when the user set HYDRA_FULL_ERROR themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hydra
@@ -25,21 +34,27 @@ from ahm_core.errors import input_errors
 CONF = Path(__file__).resolve().parent / "conf"
 FULL_ERROR = "HYDRA_FULL_ERROR"
 COMPOSE_ERRORS = (HydraException, OmegaConfBaseException)  # hydra's, in the task too
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = "-v, --verbose: DEBUG logs (this project's and Flower's); INFO without it"
+FLWR_LOG_LEVEL = "FLWR_LOG_LEVEL"  # read by Flower's logger when a Flower process starts
 
 
 Task = Callable[[DictConfig], None]
 
 
 def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
-    """`hydra.main` over simulations/conf/`config_name`.yaml whose bad input ends in one line."""
+    """`hydra.main` over simulations/conf/`config_name`.yaml with `-v` for DEBUG logs and bad
+    input ending in one line."""
 
     def wrap(task: Task) -> Callable[[], None]:
         in_task = False
+        verbose = False
 
         @functools.wraps(task)
         def guarded(hcfg: DictConfig) -> None:
             nonlocal in_task
             in_task = True
+            logging.getLogger("ahm_core").setLevel(logging.DEBUG if verbose else logging.INFO)
             try:
                 task(hcfg)
             except (*input_errors(), *COMPOSE_ERRORS) as err:
@@ -49,23 +64,48 @@ def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
 
         @functools.wraps(task)
         def main() -> None:
-            nonlocal in_task
+            nonlocal in_task, verbose
             in_task = False
-            if os.environ.get(FULL_ERROR):
-                return run()
-            os.environ[FULL_ERROR] = "1"  # hydra raises instead of printing
-            try:
-                return run()
-            except Exception as err:
-                if in_task:  # a bug of the task, not bad input: keep its traceback
-                    raise
-                raise SystemExit(f"{prog}: {error_line(err)}") from None  # composing the config
-            finally:
-                os.environ.pop(FULL_ERROR, None)
+            verbose = take_verbose(sys.argv)
+            if {"-h", "--help"} & set(sys.argv):
+                print(VERBOSE_HELP)
+            with _flower_debug(verbose):
+                if os.environ.get(FULL_ERROR):
+                    return run()
+                os.environ[FULL_ERROR] = "1"  # hydra raises instead of printing
+                try:
+                    return run()
+                except Exception as err:
+                    if in_task:  # a bug of the task, not bad input: keep its traceback
+                        raise
+                    raise SystemExit(f"{prog}: {error_line(err)}") from None  # the config
+                finally:
+                    os.environ.pop(FULL_ERROR, None)
 
         return main
 
     return wrap
+
+
+def take_verbose(argv: list[str]) -> bool:
+    """Whether `argv` asks for DEBUG logs (`-v`, `--verbose`); the flags are removed from it."""
+    found = [arg for arg in argv[1:] if arg in VERBOSE_FLAGS]
+    argv[1:] = [arg for arg in argv[1:] if arg not in VERBOSE_FLAGS]
+    return bool(found)
+
+
+@contextlib.contextmanager
+def _flower_debug(verbose: bool) -> Iterator[None]:
+    """Inside, the Flower processes this one starts log at DEBUG when `verbose` (unless the
+    user set FLWR_LOG_LEVEL)."""
+    if not verbose or FLWR_LOG_LEVEL in os.environ:
+        yield
+        return
+    os.environ[FLWR_LOG_LEVEL] = "DEBUG"
+    try:
+        yield
+    finally:
+        os.environ.pop(FLWR_LOG_LEVEL, None)
 
 
 def error_line(err: BaseException) -> str:

@@ -4,11 +4,11 @@ the privacy report on its final model.
 python -m simulations.federated                          # profile=federated, 4 SuperNodes
 python -m simulations.federated supernodes=8 federation.rounds=5 report=true
 python -m simulations.federated -m masking.method=ppfr_fd,masking_adamixup
+python -m simulations.federated -v                       # DEBUG logs, Flower's too
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import subprocess
 from pathlib import Path
@@ -89,7 +89,6 @@ def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str
 @entry("federated", PROG)
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg)
-    logging.getLogger("ahm_core").setLevel(logging.INFO)
     out = Path(HydraConfig.get().runtime.output_dir)
     summary = run_federation(cfg, options, out, PROG)
     print(f"{PROG}: final verification accuracy {summary['final_accuracy']:.4f}")

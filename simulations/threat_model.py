@@ -13,7 +13,6 @@ with this config's DP settings (`ahm_core.threat.dp_fedavg_config`), trained in 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -31,7 +30,6 @@ register()
 @entry("threat_model", PROG)
 def main(hcfg: DictConfig) -> None:
     cfg, options = split_run_config(hcfg)
-    logging.getLogger("ahm_core").setLevel(logging.INFO)
     run = Path(options["run"]) if options["run"] else None
     if run is None:
         run = Path(HydraConfig.get().runtime.output_dir) / "run"

@@ -1,9 +1,12 @@
 """Bad input through every entry point ends in one line naming the key, the value and what is
-expected, with exit status 1 and no traceback: hydra's four and the Flower run config."""
+expected, with exit status 1 and no traceback: hydra's four and the Flower run config. `-v`
+turns on DEBUG logs."""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from scales import TRAIN, hydra_args
 
 import simulations.flower
+from simulations.cli import entry
 from simulations.flower import PROJECT, flwr_env, stop_superlink
+from simulations.schema import register
 
 TINY = [*hydra_args(TRAIN), "train.epochs=1", "data.test_fraction=0.2"]
 ENTRY_POINTS = ("centralized", "federated", "paper_tables", "threat_model")
@@ -106,6 +111,29 @@ def test_a_bad_override_ends_in_one_line(entry, override, line, tmp_path, monkey
     assert message.startswith(f"{entry}: ") and "\n" not in message, message
     assert line in message, message
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [None, "-v", "--verbose"])
+def test_verbose_turns_on_debug_for_the_project_and_for_flower(flag, tmp_path, monkeypatch):
+    seen = {}
+
+    @entry("centralized", "probe")
+    def probe(hcfg) -> None:
+        seen["ahm_core"] = logging.getLogger("ahm_core").level
+        seen["flower"] = os.environ.get("FLWR_LOG_LEVEL")  # what `flwr run` would inherit
+
+    register()  # the schemas and the data group, as each entry point does
+    monkeypatch.delenv("FLWR_LOG_LEVEL", raising=False)
+    argv = ["probe", f"hydra.run.dir={tmp_path}", "hydra/job_logging=disabled"]
+    monkeypatch.setattr(sys, "argv", argv[:1] + [flag] * bool(flag) + argv[1:])
+    GlobalHydra.instance().clear()
+    probe()  # hydra would refuse `-v` as an unknown argument
+    verbose = flag is not None
+    assert seen == {
+        "ahm_core": logging.DEBUG if verbose else logging.INFO,
+        "flower": "DEBUG" if verbose else None,
+    }
+    assert "FLWR_LOG_LEVEL" not in os.environ and sys.argv == argv
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)

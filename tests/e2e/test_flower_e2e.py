@@ -38,7 +38,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @pytest.mark.fast  # the fast tier's one real `flwr run`
-def test_flwr_run_trains_captures_and_exports_metrics(tmp_path):
+def test_flwr_run_trains_captures_and_exports_metrics(tmp_path, capfd):
     port = free_port()
     scrapes: list[dict] = []
     done = threading.Event()
@@ -56,12 +56,15 @@ def test_flwr_run_trains_captures_and_exports_metrics(tmp_path):
             e2e(**{"federation.capture_clients": 1}),
             tmp_path,
             supernodes=2,
-            stream=False,
             **{"metrics-port": port},
         )
     finally:
         done.set()
         poller.join()
+    lines = "".join(capfd.readouterr()).splitlines()  # what `flwr run --stream` printed
+    progress = [line for line in lines if "/2: verification accuracy" in line]
+    assert len(progress) == 3, progress  # one line a round (and round 0), not one per handler
+    assert not [line for line in lines if "DEBUG" in line]
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert summary["final_accuracy"] > rounds[0]["accuracy"] + 0.03  # beats the untrained model
