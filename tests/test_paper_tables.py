@@ -103,6 +103,7 @@ def test_study_profile_keeps_its_promises():
     assert cfg.train.epochs * math.ceil(steps / cfg.policy.interval) >= 300  # policy updates
 
 
+@pytest.mark.slow
 def test_study_profile_smoke_on_synthetic_faces_and_cache(tmp_path, monkeypatch):
     # dlib judges on ORL below; here its absence is what is tested: a missing wheel is a column
     # said to be absent, never a silent zero
@@ -121,6 +122,7 @@ def test_study_profile_smoke_on_synthetic_faces_and_cache(tmp_path, monkeypatch)
     assert again == results and time.perf_counter() - start < 20  # every row came from cache
 
 
+@pytest.mark.slow
 def test_small_profile_on_orl(tmp_path, shared_data):
     # 48 victims: dlib's descriptor takes about 0.1 s a face here
     cfg = small_config("data=folder", f"data.root={shared_data / 'orl_faces'}", "attack.victims=48")

@@ -12,6 +12,7 @@ from ahm_core.experiment import run_centralized
 from simulations.schema import register, split_run_config
 
 register()
+pytestmark = pytest.mark.slow  # minutes of training per case: make test-all
 
 
 def smoke_config(*overrides: str):
