@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from logging import DEBUG, INFO
 
-from flwr.common.logger import console_handler, log
+from flwr.common.logger import FLOWER_LOGGER, console_handler, log
 
 import server.app  # noqa: F401  the ServerApp's own setup of Flower's logger
 from server.run import progress_line
@@ -16,6 +16,10 @@ from server.run import progress_line
 def test_a_flower_line_is_printed_once_and_debug_not_at_the_default_level(monkeypatch):
     console = io.StringIO()
     monkeypatch.setattr(console_handler, "stream", console)
+    # a fresh Flower process's levels (tests run before this one may have moved them)
+    monkeypatch.setattr(console_handler, "level", INFO)
+    monkeypatch.setattr(FLOWER_LOGGER, "level", INFO)
+    monkeypatch.setattr(FLOWER_LOGGER, "disabled", False)  # hydra's dictConfig
     root = logging.StreamHandler(io.StringIO())  # what logging.basicConfig installs
     logging.getLogger().addHandler(root)
     try:

@@ -25,8 +25,11 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
         hcfg = compose("threat_model", ["profile=smoke", "attack.judges=[own]"])
     cfg, options = split_run_config(hcfg)
     run = tmp_path / "run"
-    run_local(cfg, run, options["supernodes"])
-    run_local(dp_fedavg_config(run, cfg), run / DP_FEDAVG, options["supernodes"])
+    # clients keep their state on disk, as the CLI's client_state=true: the released model
+    state = {"client-state-dir": str(run / "client_state")}
+    run_local(cfg, run, options["supernodes"], **state)
+    state = {"client-state-dir": str(run / DP_FEDAVG / "client_state")}
+    run_local(dp_fedavg_config(run, cfg), run / DP_FEDAVG, options["supernodes"], **state)
     report = run_threat_model(
         run, cfg, log=lambda line: None, compared={DP_FEDAVG: run / DP_FEDAVG}
     )
