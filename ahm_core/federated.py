@@ -60,9 +60,6 @@ def parse_flower_run_config(flat: Mapping[str, Any]) -> tuple[AHMConfig, dict[st
     return cfg, options
 
 
-FederatedData = RunData  # the faces, training items and pairs every client and the server derive
-
-
 class ClientData(NamedTuple):
     """One client's training items and labels (local or global ids) and its validation pairs."""
 
@@ -86,18 +83,18 @@ def _memo(kind: str, key: Any, build: Callable[[], T]) -> T:
     return hit[1]
 
 
-def federated_data(cfg: AHMConfig) -> FederatedData:
+def federated_data(cfg: AHMConfig) -> RunData:
     """The run's faces, training items and held-out verification pairs."""
     return _memo("data", to_dict(cfg)["data"], lambda: run_data(cfg.data))
 
 
-def run_masking(cfg: AHMConfig, data: FederatedData) -> MaskingPipeline:
+def run_masking(cfg: AHMConfig, data: RunData) -> MaskingPipeline:
     """The federation's masking pipeline: the same keys for every client and the server."""
     return _memo("masking", to_flat(cfg), lambda: masking_for_run(cfg, data.faces, data.train))
 
 
 def client_data(
-    cfg: AHMConfig, data: FederatedData, partition_id: int, num_partitions: int
+    cfg: AHMConfig, data: RunData, partition_id: int, num_partitions: int
 ) -> ClientData:
     """Partition `partition_id` of `num_partitions` over the training identities."""
     if not 0 <= partition_id < num_partitions:
@@ -137,7 +134,7 @@ def client_data(
     return ClientData(partition_id, data.train[part.train], labels, num_classes, val_pairs)
 
 
-def initial_state(cfg: AHMConfig, masking: MaskingPipeline, data: FederatedData) -> State:
+def initial_state(cfg: AHMConfig, masking: MaskingPipeline, data: RunData) -> State:
     """The global model before round 1, seeded by `train.seed`."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size)
@@ -174,7 +171,7 @@ class LocalResult(NamedTuple):
 
 def local_train(
     cfg: AHMConfig,
-    data: FederatedData,
+    data: RunData,
     client: ClientData,
     masking: MaskingPipeline,
     shared: State,
@@ -232,7 +229,7 @@ def proximal_term(trainer: Trainer, mu: float) -> Callable[[Trainer], Tensor]:
 
 
 def local_evaluate(
-    cfg: AHMConfig, data: FederatedData, client: ClientData, masking: MaskingPipeline, shared: State
+    cfg: AHMConfig, data: RunData, client: ClientData, masking: MaskingPipeline, shared: State
 ) -> dict[str, int | float]:
     """Verification accuracy of the global backbone on the client's validation pairs."""
     if client.val_pairs is None:

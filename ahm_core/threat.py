@@ -38,8 +38,8 @@ from torch import Tensor
 from ahm_core.attacks import ATTACKS
 from ahm_core.cases import Case, Released, build_case
 from ahm_core.config import AHMConfig, apply_overrides, to_flat
+from ahm_core.data.sources import RunData
 from ahm_core.federated import (
-    FederatedData,
     client_data,
     federated_data,
     trained_first_stage,
@@ -126,7 +126,7 @@ def run_threat_model(
 
 def _case(
     cfg: AHMConfig,
-    data: FederatedData,
+    data: RunData,
     run_dir: Path,
     saved: dict | None,
     summary: dict,
@@ -170,7 +170,7 @@ def _row(case: Case, judged: Judges, lpips: LPIPS, log: Log) -> dict[str, Any]:
 
 
 def _released(
-    cfg: AHMConfig, data: FederatedData, run_dir: Path, saved: dict, capture: dict | None
+    cfg: AHMConfig, data: RunData, run_dir: Path, saved: dict, capture: dict | None
 ) -> Released | None:
     """The released global backbone with client 0's ArcFace head and data: the shared global
     head, else client 0's last state on disk; None when neither is found."""

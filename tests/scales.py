@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from ahm_core.config import AHMConfig, apply_overrides
-from ahm_core.federated import ClientData, FederatedData, client_data, federated_data, run_masking
+from ahm_core.data.sources import RunData
+from ahm_core.federated import ClientData, client_data, federated_data, run_masking
 from ahm_core.masking import MaskingPipeline
 
 TRAIN: dict[str, Any] = {
@@ -94,7 +95,7 @@ def hydra_args(scale: dict[str, Any]) -> list[str]:
 
 def federated_client(
     cfg: AHMConfig, partition_id: int = 0, num_partitions: int = 2
-) -> tuple[FederatedData, MaskingPipeline, ClientData]:
+) -> tuple[RunData, MaskingPipeline, ClientData]:
     """The run's data and masking, and one client's share of it."""
     data = federated_data(cfg)
     masking = run_masking(cfg, data)
