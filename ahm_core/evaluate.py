@@ -7,20 +7,32 @@ FAR = 1e-3 two ways: over all pairs, the largest threshold that accepts at most 
 negatives (`tar_at_far_1e-3`); and as InsightFace's `calculate_val` (`tar_at_far_1e-3_folds`):
 per fold, the threshold (grid 0, 0.001, ..., 3.999) where the other folds' FAR reaches 1e-3,
 interpolated linearly, applied to the fold; mean and std TAR and the mean FAR it reached.
+
+Pairs share images and identities, so the fold interval treats dependent pairs as independent:
+`identity_interval` (and `identity_difference` for two methods on the same pairs) bootstraps the
+per-pair outcomes a report stored, clustered by the identities of the pairs `cfg.data` makes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ahm_core.config import DataConfig
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs
-from ahm_core.metrics.uncertainty import fold_interval
+from ahm_core.data.sources import run_data
+from ahm_core.metrics.uncertainty import (
+    cluster_pair_difference,
+    cluster_pair_interval,
+    fold_interval,
+)
 
 THRESHOLDS = torch.arange(0, 400) / 100.0
 
@@ -154,3 +166,26 @@ def benchmark_line(report: dict) -> str:
         f"TAR {tar['mean']:.4f} +- {tar['std']:.4f} at FAR {tar['far']:.5f} "
         f"({report['pairs']} pairs)"
     )
+
+
+_IDENTITIES: dict[str, tuple[Tensor, Tensor]] = {}  # data config -> its pairs' identity labels
+
+
+def pair_identities(data: DataConfig) -> tuple[Tensor, Tensor]:
+    """The identity labels of the two images of each verification pair `data` makes (memoised)."""
+    key = json.dumps(asdict(data), sort_keys=True)
+    if key not in _IDENTITIES:
+        run = run_data(data)
+        _IDENTITIES.clear()  # one data set at a time: a report reads one
+        _IDENTITIES[key] = (run.faces.labels[run.pairs.left], run.faces.labels[run.pairs.right])
+    return _IDENTITIES[key]
+
+
+def identity_interval(data: DataConfig, correct: str) -> list[float]:
+    """The 95% interval of an accuracy over `data`'s pairs (per-pair `correct`), by identity."""
+    return list(cluster_pair_interval(correct, *pair_identities(data)))
+
+
+def identity_difference(data: DataConfig, a: str, b: str) -> dict:
+    """A's accuracy minus B's on `data`'s pairs: difference, identity-clustered ci95 and p."""
+    return cluster_pair_difference(a, b, *pair_identities(data))

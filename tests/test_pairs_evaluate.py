@@ -5,15 +5,20 @@ from torch import nn
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.folders import FolderFaces
 from ahm_core.data.pairs import Pairs, holdout_identities, make_pairs
+from ahm_core.data.sources import run_data
 from ahm_core.data.synthetic import SynthFaces
 from ahm_core.evaluate import (
     embed,
     evaluate_verification,
     fold_accuracy,
+    identity_difference,
+    identity_interval,
+    pair_identities,
     tar_at_far,
     verification_report,
 )
 from ahm_core.masking import build_masking
+from ahm_core.metrics.uncertainty import cluster_pair_interval, fold_interval
 
 
 def test_pairs_are_balanced_disjoint_and_reproducible():
@@ -144,3 +149,35 @@ def test_orl_smoke_train_on_s1_s30_verify_on_s31_s40(shared_data):
     assert raw["pairs"] == 900 and len(raw["thresholds"]) == 10
     assert raw["accuracy"] > 0.75  # ORL people are told apart by their pixels
     assert 0.0 <= masked["accuracy"] <= 1.0
+
+
+def test_identity_interval_of_a_runs_stored_outcomes():
+    """The interval a report computes from a run's stored `correct`: clustered by the identities
+    of the pairs the config makes (12 held out in 600 pairs), so wider than the folds' t
+    interval when a few identities decide the outcome; seeded; the pairs' count checked."""
+    data = apply_overrides(
+        AHMConfig(),
+        {
+            "data.num_identities": 60,
+            "data.images_per_identity": 6,
+            "data.image_size": 32,
+            "data.num_pairs": 600,
+        },
+    ).data
+    run = run_data(data)
+    left, right = pair_identities(data)
+    assert torch.equal(left, run.faces.labels[run.pairs.left]) and len(right) == len(run.pairs)
+    assert torch.equal(left == right, run.pairs.same)
+    hard = left.unique()[:3]  # every pair of 3 of the 12 identities is wrong
+    wrong = torch.isin(left, hard) | torch.isin(right, hard)
+    correct = "".join("0" if w else "1" for w in wrong.tolist())
+    clustered = identity_interval(data, correct)
+    assert clustered == list(cluster_pair_interval(correct, left, right))
+    assert identity_interval(data, correct) == clustered  # a rerun prints the same
+    folds = torch.stack([(~wrong[run.pairs.fold == f]).double().mean() for f in range(10)])
+    lo, hi = fold_interval(folds)
+    assert clustered[1] - clustered[0] > 2 * (hi - lo)
+    test = identity_difference(data, "1" * len(correct), correct)
+    assert test["difference"] == pytest.approx(float(wrong.double().mean()))
+    with pytest.raises(ValueError, match="not the same pairs"):
+        identity_interval(data, correct[:-1])
