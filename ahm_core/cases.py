@@ -23,15 +23,19 @@ from torch import Tensor, nn
 from ahm_core.config import AHMConfig
 from ahm_core.data.base import FaceSet
 from ahm_core.data.pairs import Pairs
+from ahm_core.masking.first_stage import to_gray
 from ahm_core.masking.pipeline import MaskingPipeline, masking_for_run
+from ahm_core.metrics.privacy import FeatureModel
 
 
 class CaseItems(NamedTuple):
-    """Training items of the victims and of the gallery, and the attacker's auxiliary items."""
+    """Training items of the victims and of the gallery, the attacker's auxiliary items, and the
+    auxiliary items it holds out to tell when its training stops paying (attacks.ladder)."""
 
     victims: Tensor
     gallery: Tensor
     aux: Tensor
+    holdout: Tensor
 
 
 def attack_split(
@@ -42,10 +46,12 @@ def attack_split(
     per_identity: int,
     aux: int,
     seed: int,
+    holdout: int = 0,
 ) -> CaseItems:
     """One seeded shuffle of `train` (items with dataset `labels`): the first `victims` items are
     attacked, and of the rest at most `per_identity` of each identity form the gallery; `aux`
-    auxiliary items from the identities held out for verification."""
+    auxiliary items from the identities held out for verification, and `holdout` more (where
+    there are too few for both, at most a quarter of them)."""
     g = torch.Generator().manual_seed(seed)
     shuffled = train[torch.randperm(len(train), generator=g)]
     held = torch.cat([pairs.left, pairs.right]).unique()
@@ -57,9 +63,11 @@ def attack_split(
     place = torch.empty_like(order)
     place[order] = torch.arange(len(ids)) - torch.searchsorted(grouped, grouped)
     gallery = rest[place < per_identity]
-    return CaseItems(
-        shuffled[:victims], gallery, held[torch.randperm(len(held), generator=g)][:aux]
-    )
+    own = held[torch.randperm(len(held), generator=g)]
+    # Too few held-out faces for both: the holdout takes at most a quarter, the rest is aux.
+    holdout = min(holdout, len(own) // 4) if len(own) < aux + holdout else holdout
+    aux = min(aux, len(own) - holdout)
+    return CaseItems(shuffled[:victims], gallery, own[:aux], own[aux : aux + holdout])
 
 
 class AttackSet(NamedTuple):
@@ -165,8 +173,10 @@ class Released:
 @dataclass
 class Case:
     """One defence under attack. `start` is the backbone state a captured client started its
-    update from (None: the seeded initial model); `shared` is what every case of one report may
-    reuse (keyed by what it depends on); `cache` what the attacks of this case share."""
+    update from (None: the seeded initial model); `judge` the face recogniser that tells an
+    attack's training when leakage stops rising (None: PSNR does); `shared` is what every case of
+    one report may reuse (keyed by what it depends on); `cache` what the attacks of this case
+    share."""
 
     cfg: AHMConfig
     pipeline: MaskingPipeline
@@ -177,6 +187,7 @@ class Case:
     proportions: dict[int, float] | None = None
     start: dict[str, Tensor] | None = None
     released: Released | None = None
+    judge: FeatureModel | None = None
     shared: dict[Any, Any] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)
 
@@ -194,6 +205,18 @@ class Case:
     @cached_property
     def aux_images(self) -> Tensor:
         return self.images(self.split.aux)
+
+    @cached_property
+    def holdout_images(self) -> Tensor:
+        return self.images(self.split.holdout)
+
+    def seen(self, *images: Tensor) -> list[Tensor]:
+        """Images as the masking saw them; all grey when one is (an attack that recovers grey
+        faces only is compared on luma)."""
+        seen = [self.pipeline.seen(x) for x in images]
+        if len({x.shape[1] for x in seen}) > 1:
+            return [to_gray(x).repeat(1, 3, 1, 1) for x in seen]
+        return seen
 
     @cached_property
     def gallery_images(self) -> Tensor:
@@ -215,12 +238,19 @@ def build_case(
     enough victims for every attack's budget, and the adaptive method's k shares (the policy's
     measured ones, else uniform over `policy.k_set`); a trained first stage takes its trained
     `first_stage` state (else it is attacked untrained). `holdings`: `start`, `released`,
-    `shared`."""
+    `judge`, `shared`."""
     a = cfg.attack
     pipeline = masking_for_run(cfg, faces, train, first_stage)
     count = max(a.victims, a.gi_batch, a.demix_images)
     split = attack_split(
-        train, faces.labels, pairs, count, a.gallery_per_identity, a.aux_images, cfg.train.seed
+        train,
+        faces.labels,
+        pairs,
+        count,
+        a.gallery_per_identity,
+        a.aux_images,
+        cfg.train.seed,
+        a.holdout,
     )
     shares = None
     if pipeline.batch_mix == "adaptive":

@@ -111,3 +111,44 @@ def save_frequency_grid(path: str | os.PathLike, values: Tensor, title: str) -> 
     written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return written
+
+
+def save_ladders(climbs: dict[str, dict], path: str | os.PathLike, defence: str) -> Path:
+    """Leakage on the attacker's held-out faces against budget rung, one line per attack (and
+    per channel count it tried), with 95% intervals; the scored rung ringed, the line dashed
+    where the ladder hit its cap before converging."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = {}
+    for name, figures in climbs.items():
+        tried = figures.get("tried") or {"": figures}
+        for count, climb in tried.items():
+            lines[f"{name} ({count} channels)" if count else name] = climb
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, climb in lines.items():
+        rungs = climb["ladder"]
+        x = range(1, len(rungs) + 1)
+        y = [r["leakage"] for r in rungs]
+        err = [[v - r["ci95"][0] for v, r in zip(y, rungs, strict=True)]]
+        err.append([r["ci95"][1] - v for v, r in zip(y, rungs, strict=True)])
+        style = "-" if climb["converged"] else "--"
+        shown = ax.errorbar(x, y, yerr=err, fmt="o" + style, capsize=3, label=label)
+        best = next(i for i, r in enumerate(rungs) if r["budget"] == climb["budget"])
+        ax.plot(best + 1, y[best], "o", markersize=12, fillstyle="none", color=shown[0].get_color())
+    longest = max(lines.values(), key=lambda c: len(c["ladder"]))["ladder"]
+    ax.set_xticks(
+        range(1, len(longest) + 1),
+        ["\n".join(f"{k} {v}" for k, v in r["budget"].items()) for r in longest],
+        fontsize=7,
+    )
+    measure = next(iter(lines.values()))["leakage_measure"]
+    ax.set(xlabel="budget rung", ylabel=f"held-out leakage ({measure})")
+    ax.set_title(f"{defence}: leakage against attack budget (dashed: capped)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return written

@@ -32,6 +32,7 @@ def trained_figures(summary: dict) -> dict[str, Any]:
     figures = {
         "accuracy": summary["final_accuracy"],
         "accuracy_std": last["verification"]["accuracy_std"],
+        "correct": last["verification"].get("correct"),
     }
     if "dp" in last:
         figures["dp"] = {k: last["dp"][k] for k in ("epsilon", "delta", "noise_multiplier")}

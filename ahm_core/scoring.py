@@ -8,6 +8,7 @@ side of one method, measured alike for the paper tables and the federated report
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,33 +21,24 @@ from ahm_core.cases import Case, build_case, mask_for_attack
 from ahm_core.config import AHMConfig
 from ahm_core.data.sources import run_data
 from ahm_core.judges import OWN, Judges
-from ahm_core.masking.first_stage import to_gray
 from ahm_core.metrics import LPIPS, feature_distance, identity_leakage, psnr, ssim
 from ahm_core.metrics.uncertainty import bootstrap_interval
-from ahm_core.plots import save_grid
+from ahm_core.plots import save_grid, save_ladders
+from ahm_core.tables import fmt
 from ahm_core.train import resolve_device
 
 Log = Callable[[str], None]
-# The paper's Table 2 measures its black-box CGAN; its appendix A.2 the same after channel removal.
-PAPER_ATTACKS = ("cgan", "channel_drop")
-
-
-def _seen(case: Case, *images: Tensor) -> list[Tensor]:
-    """Images as the masking saw them; all grey when one is (an attack that recovers grey faces
-    only is compared on luma)."""
-    seen = [case.pipeline.seen(x) for x in images]
-    if len({x.shape[1] for x in seen}) > 1:
-        return [to_gray(x).repeat(1, 3, 1, 1) for x in seen]
-    return seen
 
 
 def _index(values: Tensor, floor: Tensor, seed: int) -> dict[str, Any]:
-    """A per-victim index: its mean, bootstrap interval, the mean face's and the gain over it."""
+    """A per-victim index: its mean, bootstrap interval, the mean face's and the gain over it,
+    and the per-victim values (the comprehensive score's bootstrap resamples them)."""
     return {
         "value": float(values.mean()),
         "ci95": list(bootstrap_interval(values, seed)),
         "floor": float(floor.mean()),
         "gain": float(floor.mean() - values.mean()),
+        "values": [round(float(v), 5) for v in values],
     }
 
 
@@ -56,7 +48,7 @@ def _indices(
     """`prefix`_lpips and, per judge, `prefix`_feat of images against their targets."""
     seed = case.cfg.train.seed
     mean_face = case.aux_images.mean(dim=0, keepdim=True).expand_as(targets)
-    originals, compared, floor = _seen(case, targets, images, mean_face)
+    originals, compared, floor = case.seen(targets, images, mean_face)
     out: dict[str, Any] = {
         f"{prefix}_lpips": _index(lpips(originals, compared), lpips(originals, floor), seed)
     }
@@ -97,7 +89,7 @@ def score(rec: Reconstructions, case: Case, judges: Judges, lpips: LPIPS) -> dic
     if rec.targets is not None:
         indices = _indices(case, rec.targets, rec.faces, judges, lpips, "a")
         judged = indices.pop("judges")
-        originals, compared = _seen(case, rec.targets, rec.faces)
+        originals, compared = case.seen(rec.targets, rec.faces)
         out |= indices
         out["psnr"] = float(psnr(compared, originals).clamp(max=100.0).mean())
         if min(originals.shape[2:]) >= 11:
@@ -145,7 +137,8 @@ def attack_case(
     case: Case, names: Sequence[str], judges: Judges, lpips: LPIPS, log: Log = print
 ) -> dict[str, dict]:
     """Run the registered attacks `names` on `case` and score each with `score`; an attack that
-    does not apply says why. Each attack's picture goes to `case.folder/<name>.png`."""
+    does not apply says why. Each attack's picture goes to `case.folder/<name>.png`, the budget
+    ladders of those that climbed one to `case.folder/ladder.png`."""
     results: dict[str, dict] = {}
     for name in names:
         attack = ATTACKS[name]
@@ -154,12 +147,45 @@ def attack_case(
             results[name] = {"skipped": reason}
             continue
         log(f"{case.pipeline.method}: {name}")
+        start = time.perf_counter()
         rec = attack.run(case)
         results[name] = score(rec, case, judges, lpips)
+        results[name]["seconds"] = round(time.perf_counter() - start, 1)
         path = case.folder / f"{name}.png"
         save_grid(list(rec.panels.values()), path, list(rec.panels))
         results[name]["grid"] = str(path)
+    climbs = {name: r for name, r in results.items() if "ladder" in r}
+    if climbs:
+        save_ladders(climbs, case.folder / "ladder.png", case.pipeline.method)
     return results
+
+
+def worst_case(attacks: dict[str, dict], judges: Sequence[str]) -> dict[str, Any]:
+    """Each index at the attack that leaks most on it, named (`attack`): the lowest A_lpips and,
+    per judge, A_feat (each counted at most at its floor, the mean face) and the highest rank-1,
+    over the attacks that ran; what the privacy score and the reports take for a defence."""
+    ran = {name: r for name, r in attacks.items() if "skipped" not in r}
+
+    def leakiest(entries: dict[str, dict], key: Callable[[dict], float]) -> dict | None:
+        if not entries:
+            return None
+        name = min(entries, key=lambda n: key(entries[n]))
+        return {**entries[name], "attack": name}
+
+    floored = lambda e: min(e["value"], e["floor"])  # noqa: E731
+    out: dict[str, Any] = {
+        "a_lpips": leakiest({n: r["a_lpips"] for n, r in ran.items() if "a_lpips" in r}, floored),
+        "judges": {},
+    }
+    for judge in judges:
+        scored = {n: r["judges"][judge] for n, r in ran.items() if judge in r.get("judges", {})}
+        feats = {n: j["a_feat"] for n, j in scored.items() if "a_feat" in j}
+        rates = {n: j["rank1"] for n, j in scored.items() if "rank1" in j.get("rank1", {})}
+        out["judges"][judge] = {
+            "a_feat": leakiest(feats, floored),
+            "rank1": leakiest(rates, lambda e: -e["rank1"]),
+        }
+    return out
 
 
 def measure_privacy(
@@ -167,22 +193,57 @@ def measure_privacy(
     k_proportions: dict | None,
     judged: Judges,
     folder: Path,
-    attacks: Sequence[str],
     log: Log = print,
     first_stage: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The masking indices, the registered `attacks` scored, and each judge's ceiling, for one
-    method trained on cfg's data (the adaptive method's attack mixes with its policy's k shares;
-    a trained first stage is attacked with its `first_stage` state)."""
+    """The masking indices, every registered attack scored (those that apply), the worst case
+    over them and each judge's ceiling, for one method trained on cfg's data (the adaptive
+    method's attack mixes with its policy's k shares; a trained first stage is attacked with
+    its `first_stage` state)."""
     data = run_data(cfg.data)
     device = resolve_device(cfg.train.device)
     case = build_case(
-        cfg, data.faces, data.train, data.pairs, folder, device, k_proportions, first_stage
+        cfg,
+        data.faces,
+        data.train,
+        data.pairs,
+        folder,
+        device,
+        k_proportions,
+        first_stage,
+        judge=judged.models[OWN],
     )
     lpips = LPIPS(calibrated=cfg.attack.lpips_calibrated, device=device)
+    attacks = attack_case(case, list(ATTACKS), judged, lpips, log)
     return {
         "masking": masking_indices(case, judged, lpips),
-        "attacks": attack_case(case, attacks, judged, lpips, log),
+        "attacks": attacks,
+        "worst": worst_case(attacks, list(judged.models)),
         "ceilings": ceilings(case, judged),
         "lpips_label": lpips.label,
     }
+
+
+def budget_rows(attacks: dict[str, dict]) -> list[list[str]]:
+    """Per attack that ran: the budget it was scored at, whether its ladder converged (or hit its
+    cap), its leakage on the attacker's held-out faces at each rung, and the seconds it took with
+    its scoring (a CGAN trained for an earlier attack of the case is shared, not counted again);
+    attacks of a fixed budget say so."""
+    rows = []
+    for name, r in attacks.items():
+        if "skipped" in r:
+            continue
+        seconds = fmt(r.get("seconds"), 1)
+        if "ladder" not in r:
+            rows.append([name, "fixed budget (no ladder)", "-", "-", seconds])
+            continue
+        budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items())
+        if "kept" in r:
+            budget = f"{r['kept']} channels, {budget}"
+        rungs = "; ".join(
+            f"{'/'.join(str(v) for v in rung['budget'].values())}: {fmt(rung['leakage'])}"
+            for rung in r["ladder"]
+        )
+        flag = "converged" if r["converged"] else "capped"
+        rows.append([name, budget, flag, f"{rungs} ({r['leakage_measure']})", seconds])
+    return rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,26 @@ def interval(bounds: Sequence[float]) -> str:
     return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
+def cluster_interval(bounds: Sequence[float]) -> str:
+    """An interval clustered by identity, in braces beside the bracketed one that is not."""
+    return f"{{{bounds[0]:.3f}, {bounds[1]:.3f}}}"
+
+
+def accuracy_cell(
+    value: float | None,
+    folds: Sequence[float] | None = None,
+    clustered: Sequence[float] | None = None,
+) -> str:
+    """An accuracy, its 95% interval over the folds in brackets and, in braces, its bootstrap 95%
+    interval clustered by identity (pairs share images and identities): each when known."""
+    cells = [fmt(value)]
+    if folds is not None:
+        cells.append(interval(folds))
+    if clustered is not None:
+        cells.append(cluster_interval(clustered))
+    return " ".join(cells)
+
+
 def index_cell(entry: dict | None, digits: int = 3) -> str:
     """A scored index: value, bootstrap interval, and in brackets its floor (the mean face) and the
     gain over it (how much closer to the originals the attack got; <= 0: it learned nothing)."""
@@ -34,10 +54,20 @@ def index_cell(entry: dict | None, digits: int = 3) -> str:
 
 
 def rate_cell(entry: dict | None) -> str:
-    """A re-identification rate with its Wilson interval and, in brackets, chance."""
+    """A re-identification rate with its Wilson interval in brackets, its interval clustered by
+    victim identity in braces (when measured) and, in parentheses, chance."""
     if entry is None or "rank1" not in entry:
         return "-" if entry is None else entry.get("skipped", "-")
-    return f"{fmt(entry['rank1'])} {interval(entry['rank1_ci95'])} ({fmt(entry['chance'])})"
+    clustered = entry.get("rank1_cluster_ci95")
+    return (
+        f"{fmt(entry['rank1'])} {interval(entry['rank1_ci95'])}"
+        f"{'' if clustered is None else ' ' + cluster_interval(clustered)} ({fmt(entry['chance'])})"
+    )
+
+
+def named_cell(entry: dict | None, cell: Callable[[dict], str]) -> str:
+    """A worst-case cell: the entry as `cell` writes it, and the attack that set it."""
+    return "-" if entry is None else f"{cell(entry)} {entry['attack']}"
 
 
 @dataclass

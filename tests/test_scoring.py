@@ -13,7 +13,8 @@ from ahm_core.data.pairs import Pairs
 from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.judges import Judges
 from ahm_core.metrics import LPIPS
-from ahm_core.scoring import attack_case, ceilings, score
+from ahm_core.metrics.privacy import score_intervals, table_scores
+from ahm_core.scoring import attack_case, ceilings, score, worst_case
 
 
 def test_attack_split_is_disjoint_bounded_and_seeded():
@@ -27,6 +28,10 @@ def test_attack_split_is_disjoint_bounded_and_seeded():
     per_identity = torch.bincount(labels[split.gallery])
     assert per_identity.max() == 2 and (per_identity > 0).sum() == 20  # every training identity
     assert len(split.aux) == 40 and set(split.aux.tolist()) <= set(held.tolist())
+    assert len(split.holdout) == 0
+    with_holdout = attack_split(train, labels, pairs, 25, 2, 40, seed=3, holdout=8)
+    assert torch.equal(with_holdout.aux, split.aux) and len(with_holdout.holdout) == 8
+    assert set(with_holdout.holdout.tolist()) <= set(held.tolist()) - set(split.aux.tolist())
     again = attack_split(train, labels, pairs, 25, 2, 40, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(split, again, strict=True))
     other = attack_split(train, labels, pairs, 25, 2, 40, seed=4)
@@ -144,3 +149,77 @@ def test_the_readme_example_attack_runs(case, lpips):
     blurred = results["blurred_render"]
     assert blurred["summary"] == "blurred render" and blurred["count"] == case.cfg.attack.victims
     assert 0 < blurred["a_lpips"]["value"] < blurred["a_lpips"]["floor"]  # unmasked: it beats it
+
+
+def _entry(value: float, floor: float = 0.5) -> dict:
+    return {
+        "value": value,
+        "ci95": [value - 0.1, value + 0.1],
+        "floor": floor,
+        "gain": floor - value,
+    }
+
+
+def _rate(rank1: float) -> dict:
+    return {"rank1": rank1, "rank1_ci95": [0.0, 1.0], "chance": 0.1, "trials": 10}
+
+
+def test_the_worst_case_takes_each_index_from_the_attack_that_leaks_most_on_it():
+    attacks = {
+        "cgan": {
+            "a_lpips": _entry(0.4),
+            "judges": {"own": {"a_feat": _entry(0.3), "rank1": _rate(0.2)}},
+        },
+        # Below its own floor (0.2): counts at the floor, so cgan's 0.3 is not beaten by 0.25.
+        "weak": {
+            "a_lpips": _entry(0.45),
+            "judges": {"own": {"a_feat": _entry(0.25, 0.2), "rank1": _rate(0.6)}},
+        },
+        "demix": {
+            "a_lpips": _entry(0.1),
+            "judges": {"own": {"a_feat": _entry(0.15, 0.3), "rank1": _rate(0.1)}},
+        },
+        "model_inversion": {"judges": {"own": {"rank1": {"skipped": "no claimed identity"}}}},
+        "skipped": {"skipped": "the defence mixes nothing"},
+    }
+    worst = worst_case(attacks, ["own"])
+    assert worst["a_lpips"]["attack"] == "demix" and worst["a_lpips"]["value"] == 0.1
+    assert worst["judges"]["own"]["a_feat"]["attack"] == "demix"
+    assert worst["judges"]["own"]["rank1"]["attack"] == "weak"
+    assert worst_case({"cgan": {"skipped": "why"}}, ["own"])["a_lpips"] is None
+
+
+def _row(shift: float, n: int = 40, pairs: int = 200) -> dict:
+    g = torch.Generator().manual_seed(int(shift * 100))
+    values = {
+        k: (torch.rand(n, generator=g) * 0.2 + shift)
+        for k in ("m_lpips", "m_feat", "a_lpips", "a_feat")
+    }
+    correct = (torch.rand(pairs, generator=g) < 0.9 - shift).double()
+    return {**values, "accuracy": correct, "mean_face_a_lpips": 1.0, "mean_face_a_feat": 1.0}
+
+
+def test_the_score_interval_holds_the_score_and_is_seeded():
+    rows = {"a": _row(0.1), "b": _row(0.3), "c": _row(0.5)}
+    intervals = score_intervals(rows, seed=1, resamples=100)
+    assert intervals == score_intervals(rows, seed=1, resamples=100)
+    point = table_scores(
+        {
+            n: {k: float(v.mean()) if hasattr(v, "mean") else v for k, v in r.items()}
+            for n, r in rows.items()
+        }
+    )
+    for name, bounds in intervals.items():
+        for key in ("privacy_score", "score"):
+            lo, hi = bounds[key]
+            assert lo <= point[name][key] + 1e-9 and point[name][key] <= hi + 1e-9, (name, key)
+    # Constant values leave nothing to redraw: the interval is the point.
+    flat = {
+        n: {
+            k: (torch.full_like(v, float(v.mean())) if hasattr(v, "mean") else v)
+            for k, v in r.items()
+        }
+        for n, r in rows.items()
+    }
+    for bounds in score_intervals(flat, resamples=20).values():
+        assert bounds["privacy_score"][0] == pytest.approx(bounds["privacy_score"][1])

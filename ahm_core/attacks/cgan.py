@@ -29,10 +29,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
+from ahm_core.attacks.ladder import Budget, Climb, climb, doubling
 from ahm_core.cases import AttackSet, Case, mask_for_attack
 from ahm_core.config import AttackConfig
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
+from ahm_core.metrics.privacy import feature_distance, psnr
 from ahm_core.train import resolve_device
 
 NORMS = ("batch", "instance")
@@ -453,24 +455,48 @@ def attack_data(
     return aux, victim
 
 
-def cgan_for(case: Case, keep: Tensor | None = None) -> CGANAttack:
-    """The case's black-box CGAN, trained once on the attacker's auxiliary pairs (masked and
-    mixed as the defence trains, of the channels `keep` when given) and shared by the attacks of
-    the case that chain to faces."""
+def _holdout_leakage(case: Case, keep: Tensor | None) -> tuple[Callable[[CGANAttack], Tensor], str]:
+    """Leakage of a trained CGAN on the attacker's held-out auxiliary faces, per face: the
+    cosine of the case's judge between reconstruction and face, or PSNR without a judge."""
+    g = torch.Generator().manual_seed(case.cfg.train.seed + 1)
+    held = mask_for_attack(case.pipeline, case.holdout_images, None, case.proportions, g)
+    masked = held.masked if keep is None else held.masked[:, keep]
+
+    def leakage(attack: CGANAttack) -> Tensor:
+        originals, faces = case.seen(held.targets, attack.reconstruct(masked))
+        if case.judge is None:
+            return psnr(faces, originals).clamp(max=100.0)
+        return 1.0 - feature_distance(originals, faces, case.judge)
+
+    return leakage, "PSNR (dB)" if case.judge is None else "judge cosine"
+
+
+def cgan_for(case: Case, keep: Tensor | None = None) -> Climb[CGANAttack]:
+    """The case's black-box CGAN climbed up its budget ladder (`attack.rungs` budgets doubling
+    epochs and auxiliary pairs up to `attack.cgan_epochs` and `attack.aux_images`), trained on
+    the attacker's auxiliary pairs (masked and mixed as the defence trains, of the channels `keep`
+    when given); shared by the attacks of the case that chain to faces."""
     key = "cgan" if keep is None else ("cgan", tuple(keep.tolist()))
     if key not in case.cache:
-        cfg = case.cfg
+        cfg, a = case.cfg, case.cfg.attack
         g = torch.Generator().manual_seed(cfg.train.seed)
         aux = mask_for_attack(case.pipeline, case.aux_images, None, case.proportions, g)
         masked = aux.masked if keep is None else aux.masked[:, keep]
-        attack = CGANAttack(
-            masked.shape[1],
-            cfg.data.image_size,
-            options=CGANOptions.from_config(cfg.attack, cfg.train.seed),
-            device=case.device,
-        )
-        attack.fit(masked, aux.targets, cfg.attack.cgan_epochs, cfg.attack.cgan_batch_size)
-        case.cache[key] = attack
+
+        def train(budget: Budget) -> CGANAttack:
+            attack = CGANAttack(
+                masked.shape[1],
+                cfg.data.image_size,
+                options=CGANOptions.from_config(a, cfg.train.seed),
+                device=case.device,
+            )
+            n = budget["aux"]
+            attack.fit(masked[:n], aux.targets[:n], budget["epochs"], a.cgan_batch_size)
+            return attack
+
+        leakage, measure = _holdout_leakage(case, keep)
+        budgets = doubling({"epochs": a.cgan_epochs, "aux": len(masked)}, a.rungs)
+        case.cache[key] = climb(budgets, train, leakage, measure, cfg.train.seed)
     return case.cache[key]
 
 
@@ -493,12 +519,15 @@ class BlackBoxCGAN(Attack):
         )
         keep = self.kept(case)
         masked = victims.masked if keep is None else victims.masked[:, keep]
-        faces = cgan_for(case, keep).reconstruct(masked)
+        climbed = cgan_for(case, keep)
+        faces = climbed.trained.reconstruct(masked)
         shown = slice(0, SHOWN)
         return Reconstructions(
             faces,
             victims.labels,
             victims.targets,
+            figures=climbed.figures(),
+            summary=climbed.summary(),
             panels={
                 "original": victims.targets[shown],
                 "masked": case.pipeline.render(victims.masked[shown]),

@@ -35,7 +35,7 @@ from torch import Tensor
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.freq import check_images, check_upsample, fused_kernel
 from ahm_core.masking.first_stage import to_gray
-from ahm_core.masking.mixup import mixup
+from ahm_core.masking.mixup import instahide, mixup
 from ahm_core.masking.ppfr_fd import PPFRFD, Keys, self_normalise
 
 if TYPE_CHECKING:
@@ -377,12 +377,14 @@ def invert_ppfr(
 
 @register
 class Demixing(Attack):
-    """`attack.demix_images` private images, each mixed `attack.demix_rounds` times with k = 2,
-    demixed from the mixes alone; with PPFR-FD's fixed key the components are inverted to faces
-    (at the attacker's auxiliary faces' mean brightness and contrast), else rendered."""
+    """`attack.demix_images` private images, each mixed `attack.demix_rounds` times with k = 2 as
+    the defence mixes (InstaHide's random signs included), demixed from the mixes alone; with
+    PPFR-FD's fixed key the components are inverted to faces (at the attacker's auxiliary faces'
+    mean brightness and contrast), else rendered."""
 
     name = "demix"
     holds = "the masked mixes (white box: the pipeline and k); PPFR-FD's fixed key"
+    with_key = True  # PPFR-FD's fixed key inverts the components where the defence has one
 
     def skip(self, case: Case) -> str | None:
         return None if case.pipeline.batch_mix is not None else "the defence mixes nothing"
@@ -394,10 +396,10 @@ class Demixing(Attack):
         originals = case.images(items)
         encoded = pipeline.encode(originals, g)
         ids = torch.arange(len(encoded))
-        mixes = [
-            mixup(encoded, ids, 2, case.cfg.mixup.max_coef, g).x for _ in range(a.demix_rounds)
-        ]
-        recovered = demix(torch.cat(mixes), 2).components.reshape(-1, *encoded.shape[1:])
+        mode = "instahide" if pipeline.batch_mix == "instahide" else "mixup"
+        mix = instahide if mode == "instahide" else mixup
+        mixes = [mix(encoded, ids, 2, case.cfg.mixup.max_coef, g).x for _ in range(a.demix_rounds)]
+        recovered = demix(torch.cat(mixes), 2, mode).components.reshape(-1, *encoded.shape[1:])
         components = recovery_report(recovered, encoded)
         figures = {
             "images": len(items),
@@ -406,7 +408,7 @@ class Demixing(Attack):
         }
         summary = f"components {components['recovered']}/{len(items)}"
         ppfr = pipeline.first_stage
-        if isinstance(ppfr, PPFRFD) and ppfr.key_mode == "fixed":
+        if self.with_key and _keyed(pipeline):
             inverted = invert_ppfr(recovered, ppfr, ppfr.keys(len(recovered)))
             report = recovery_report(inverted, remove_plane(to_gray(originals)))
             grey = to_gray(case.aux_images).flatten(1)
@@ -426,3 +428,24 @@ class Demixing(Attack):
             summary=summary,
             panels={"original": originals[found][:SHOWN], "demixed": faces[:SHOWN]},
         )
+
+
+def _keyed(pipeline: Any) -> bool:
+    """Whether the defence's first stage is PPFR-FD with its fixed key (the key can invert)."""
+    stage = pipeline.first_stage
+    return isinstance(stage, PPFRFD) and stage.key_mode == "fixed"
+
+
+@register
+class KeylessDemixing(Demixing):
+    """The demixing attack without PPFR-FD's key: the recovered components rendered as the
+    masked tensors are (a defence whose key is kept from the attacker)."""
+
+    name = "demix_keyless"
+    holds = "the masked mixes (white box: the pipeline and k); no key"
+    with_key = False
+
+    def skip(self, case: Case) -> str | None:
+        if not _keyed(case.pipeline):
+            return "the defence has no key to withhold: demix is this attack"
+        return super().skip(case)
