@@ -17,19 +17,34 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
-from ahm_core.config import AHMConfig, ConfigError, apply_overrides
+import torch
+
+from ahm_core.config import AHMConfig, ConfigError, DataConfig, apply_overrides
+from ahm_core.evaluate import identity_difference, identity_interval
 from ahm_core.experiment import run_centralized
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.judges import OWN, Judges, judges
 from ahm_core.masking.methods import PAIRED, ROWS, TABLE1, Row, table_rows
 from ahm_core.metrics import table_scores
+from ahm_core.metrics.privacy import score_intervals
 from ahm_core.metrics.uncertainty import mcnemar
-from ahm_core.scoring import PAPER_ATTACKS, measure_privacy, table_row
-from ahm_core.tables import Table, fmt, index_cell, interval, rate_cell, write_report
+from ahm_core.scoring import budget_rows, measure_privacy, table_row
+from ahm_core.tables import (
+    Table,
+    accuracy_cell,
+    cluster_interval,
+    fmt,
+    index_cell,
+    interval,
+    named_cell,
+    rate_cell,
+    write_report,
+)
 from ahm_core.train import resolve_device
 
-ROW_VERSION = 4  # a cached row of another version lacks what the report now prints
+ROW_VERSION = 5  # a cached row of another version lacks what the report now prints
 # What an adaptive row keeps of its run's metrics (None for the other rows): Table 3 and dynamics.
 POLICY_KEYS = ("k_proportions", "k_proportions_final_epoch", "policy_updates", "k_dynamics")
 
@@ -75,12 +90,14 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
             return result
     row_cfg = apply_overrides(cfg, {"masking.method": row.method, **row.overrides})
     metrics = run_centralized(row_cfg, cached.parent / "train")
+    correct = metrics["verification"]["correct"]  # per pair: what the clustered intervals redraw
     result = {
         "version": ROW_VERSION,
         "method": row.method,
         "accuracy": metrics["verification_accuracy"],
         "accuracy_ci95": metrics["verification"]["accuracy_ci95"],
-        "correct": metrics["verification"]["correct"],
+        "accuracy_cluster_ci95": identity_interval(row_cfg.data, correct),
+        "correct": correct,
         **{key: metrics.get(key) for key in POLICY_KEYS},
         "first_stage": metrics.get("first_stage"),  # what a trained first stage learnt
     }
@@ -90,7 +107,7 @@ def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Ca
             saved = load_checkpoint(metrics["checkpoint"], ("first_stage",))
             stage = saved["first_stage"]["module"]
         result |= measure_privacy(
-            row_cfg, result["k_proportions"], judged, cached.parent, PAPER_ATTACKS, log, stage
+            row_cfg, result["k_proportions"], judged, cached.parent, log, stage
         )
     result["checkpoint"] = metrics["checkpoint"]
     text = json.dumps(result, indent=2)
@@ -106,10 +123,14 @@ def write_tables(
     masked = {n: r for n, r in results.items() if n in table2 and "attacks" in r}
     scores = table_scores(
         {
-            n: {"accuracy": r["accuracy"], **table_row(r["masking"], r["attacks"]["cgan"])}
+            n: {"accuracy": r["accuracy"], **table_row(r["masking"], r["worst"])}
             for n, r in masked.items()
         }
     )
+    for name, bounds in score_intervals(
+        {n: _resampled(r) for n, r in masked.items()}, cfg.train.seed
+    ).items():
+        scores[name] |= {f"{key}_ci95": b for key, b in bounds.items()}
     label = next((r["lpips_label"] for r in masked.values()), "LPIPS")
     _scatter(scores, out_dir / "privacy_accuracy.png")
     acc = {n: r["accuracy"] for n, r in results.items()}
@@ -120,16 +141,25 @@ def write_tables(
         "",
         f"Privacy indices use {label}; verification accuracy on held-out identities, with its "
         "95% interval over the 10 folds. Masking and attack indices compare with what the "
-        "masking saw (the grey original for the frequency-domain and DP rows). Attack indices "
-        "compare the CGAN's reconstructions with the originals, with a bootstrap 95% interval "
-        "over the victims; in brackets the same index of the attacker's mean face (an attack "
-        "that learned nothing) and the gain over it. The privacy score counts an attack at most "
-        "at that floor. Higher indices mean more privacy. Rank-1 leakage: the share of "
+        "masking saw (the grey original for the frequency-domain and DP rows). Every attack of "
+        "the registry that applies attacks every row (the black-box CGAN, the A.2 channel "
+        "removal, demixing with and without the key, gradient inversion of an update at the "
+        "seeded initial model); each learned attack is trained up its budget ladder until its "
+        "leakage on the attacker's held-out faces stops rising (see Attack budgets). Attack "
+        "indices are the worst case over those attacks, each index named by the attack that "
+        "set it, with a bootstrap 95% interval over the victims; in brackets the same index of "
+        "the attacker's mean face (an attack that learned nothing) and the gain over it. The "
+        "privacy score counts an attack at most at that floor; the scores carry a bootstrap "
+        "95% interval (victims and pairs redrawn, the whole table rescored). Higher indices "
+        "mean more privacy. Rank-1 leakage: the share of "
         "reconstructions whose most similar gallery original is the victim's identity, with "
         "Wilson's 95% interval and, in brackets, chance; the ceiling is the same judge's rank-1 "
         "on the untouched victims. Judges: `own`, the unmasked ArcFace row's network (the "
         "paper's feature model; the scores use it), and `dlib`, dlib's pretrained ResNet face "
-        "descriptor, which neither side trained.",
+        "descriptor, which neither side trained. Intervals in square brackets treat pairs and "
+        "victims as independent (the folds' t interval, Wilson's); those in braces are "
+        "bootstrap 95% intervals clustered by identity, which pairs and victims share: "
+        "identities redrawn with every pair between them, or with all their victims.",
         *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
         "",
         "## Table 2: accuracy and privacy",
@@ -137,17 +167,17 @@ def write_tables(
         Table(
             [
                 "Method",
-                "Score",
-                "Privacy",
+                "Score [95%]",
+                "Privacy [95%]",
                 "Accuracy score",
                 "Accuracy [95%]",
                 f"M_{label}",
                 "M_feat",
-                f"A_{label} [95%] (mean face; gain)",
-                "A_feat [95%] (mean face; gain)",
+                f"A_{label} [95%] (mean face; gain) attack",
+                "A_feat [95%] (mean face; gain) attack",
                 "PSNR",
                 "SSIM",
-                "Rank-1 [95%] (chance)",
+                "Rank-1 [95%] (chance) attack",
                 "Rank-1 ceiling",
             ],
             [_table2_line(n, r, scores.get(n, {})) for n, r in results.items() if n in table2],
@@ -163,8 +193,8 @@ def write_tables(
                 [
                     "Method",
                     "M_feat",
-                    "A_feat [95%] (mean face; gain)",
-                    "Rank-1 [95%] (chance)",
+                    "A_feat [95%] (mean face; gain) attack",
+                    "Rank-1 [95%] (chance) attack",
                     "Rank-1 ceiling",
                 ],
                 [_judge_line(n, r, judge) for n, r in masked.items()],
@@ -181,12 +211,30 @@ def write_tables(
         "",
         "## Paired tests: is a difference in accuracy beyond noise?",
         "",
-        "McNemar's exact test over the same verification pairs, each judged with its fold's "
-        "threshold: the pairs only one of the two gets right decide.",
+        "Both rows are judged on the same verification pairs, each with its fold's threshold. "
+        "The verdict rests on the difference A - B with its bootstrap 95% interval clustered "
+        "by identity (held-out identities redrawn, each with every pair between them): beyond "
+        "noise only when that interval excludes 0. The pairs share images and identities, so "
+        "McNemar's exact test (its p beside the pairs only one of the two gets right) treats "
+        "dependent pairs as independent and overstates the evidence.",
         "",
         Table(
-            ["A", "B", "accuracy A", "accuracy B", "only A right", "only B right", "p", "verdict"],
-            [paired_row(a, b, results[a], results[b]) for a, b in PAIRED if {a, b} <= set(results)],
+            [
+                "A",
+                "B",
+                "accuracy A",
+                "accuracy B",
+                "A - B {95%, by identity}",
+                "only A right",
+                "only B right",
+                "McNemar p",
+                "verdict",
+            ],
+            [
+                paired_row(a, b, results[a], results[b], cfg.data)
+                for a, b in PAIRED
+                if {a, b} <= set(results)
+            ],
         ),
         "",
         f"## Table 3: average proportion of each k (Masking+AdaMixUp, reward {cfg.policy.reward})",
@@ -222,9 +270,34 @@ def write_tables(
         f"### {n}\n\n![{n}]({Path(r['attacks']['cgan']['grid']).relative_to(out_dir)})\n"
         for n, r in masked.items()
     ]
+    md += _budgets(masked, out_dir)
     md += _appendix_a2(masked, cfg, out_dir)
     data = {"rows": results, "scores": scores, "absent_judges": absent}
     return write_report(out_dir / "report.md", md, data)
+
+
+def _budgets(masked: dict[str, dict], out_dir: Path) -> list[str | Table]:
+    """Each row's attacks: the budget scored, converged or capped, the ladder, and its plot."""
+    lines: list[str | Table] = [
+        "## Attack budgets: leakage against budget",
+        "",
+        "Each learned attack trains once per rung of its budget ladder (CGAN epochs / auxiliary "
+        "pairs, doubling), each rung from scratch, and its leakage is measured on auxiliary faces "
+        "it held out; the climb stops at the first rung that does not leak more than the best "
+        "before it beyond noise (paired bootstrap, 95%: converged) or after the last rung "
+        "(capped). An attack is scored at its most leaking rung. Attacks of a fixed budget say so.",
+        "",
+        Table(
+            ["Method", "Attack", "Scored at", "Ladder", "Held-out leakage per rung", "Seconds"],
+            [[n, *line] for n, r in masked.items() for line in budget_rows(r["attacks"])],
+        ),
+        "",
+    ]
+    for n in masked:
+        plot = out_dir / "rows" / slug(n) / "ladder.png"
+        if plot.exists():
+            lines += [f"![{n}: leakage against budget]({plot.relative_to(out_dir)})", ""]
+    return lines
 
 
 def _appendix_a2(masked: dict[str, dict], cfg: AHMConfig, out_dir: Path) -> list[str | Table]:
@@ -233,10 +306,13 @@ def _appendix_a2(masked: dict[str, dict], cfg: AHMConfig, out_dir: Path) -> list
     lines: list[str | Table] = [
         "## Appendix A.2: the CGAN after removing the most redundant channels",
         "",
-        f"The attacker keeps {cfg.attack.kept_channels} channels: for DCTDP those of the "
-        "smallest learnt noise, for PPFR-FD and the block DCT those whose frequencies carry the "
-        "most signal on the attacker's own faces; then trains the same CGAN on them. A lower "
-        "A_feat or a higher rank-1 than the CGAN on every channel is what the removal recovers.",
+        "The attacker ranks the channels by the signal-to-noise ratio it measures on its own "
+        "auxiliary faces through the defence (two encodings, independent noise), never keeps a "
+        "channel of no signal, breaks ties among noiseless channels by the first stage's own "
+        "order (PPFR-FD: source energy through its key), tries keeping each of "
+        f"{list(cfg.attack.kept_channels)} channels (up its budget ladder each) and is scored "
+        "at the count that leaks most on its held-out faces. A lower A_feat or a higher rank-1 "
+        "than the CGAN on every channel is what the removal recovers.",
         "",
         Table(
             ["Method", "A_feat, all channels", "A_feat, kept", "Rank-1, all", "Rank-1, kept"],
@@ -258,45 +334,74 @@ def _appendix_a2(masked: dict[str, dict], cfg: AHMConfig, out_dir: Path) -> list
     return lines
 
 
+def _resampled(r: dict) -> dict[str, Any]:
+    """What the score's bootstrap redraws of one row: per-pair correctness and the per-victim
+    values of its masking and worst-case attack indices (own judge), with the attack's floors."""
+    m, w = r["masking"], r["worst"]
+    a_lpips, a_feat = w["a_lpips"], w["judges"][OWN]["a_feat"]
+    return {
+        "accuracy": torch.tensor([c == "1" for c in r["correct"]], dtype=torch.float64),
+        "m_lpips": torch.tensor(m["m_lpips"]["values"]),
+        "m_feat": torch.tensor(m["judges"][OWN]["m_feat"]["values"]),
+        "a_lpips": torch.tensor(a_lpips["values"]),
+        "a_feat": torch.tensor(a_feat["values"]),
+        "mean_face_a_lpips": a_lpips["floor"],
+        "mean_face_a_feat": a_feat["floor"],
+    }
+
+
 def _a2_line(name: str, r: dict) -> list[str]:
     cells = []
     for attack in ("cgan", "channel_drop"):
         own = r["attacks"][attack].get("judges", {}).get(OWN, {})
         cells.append((index_cell(own.get("a_feat")), rate_cell(own.get("rank1"))))
     skipped = r["attacks"]["channel_drop"].get("skipped")
-    kept = f"skipped: {skipped}" if skipped else cells[1][0]
+    kept = (
+        f"skipped: {skipped}"
+        if skipped
+        else f"{cells[1][0]}, {r['attacks']['channel_drop']['kept']} kept"
+    )
     return [name, cells[0][0], kept, cells[0][1], "-" if skipped else cells[1][1]]
 
 
 def _table2_line(name: str, r: dict, s: dict) -> list[str]:
-    """A row of Table 2: scores, accuracy, and the indices by the own judge."""
-    cgan = r.get("attacks", {}).get("cgan", {})
-    own = cgan.get("judges", {}).get(OWN, {})
+    """A row of Table 2: scores, accuracy, and the worst-case indices by the own judge, each
+    named by the attack that set it (PSNR and SSIM: that of A_feat's attack)."""
+    worst = r.get("worst", {"a_lpips": None, "judges": {}})
+    own = worst["judges"].get(OWN, {})
+    feat = r["attacks"][own["a_feat"]["attack"]] if own.get("a_feat") else {}
     return [
         name,
-        fmt(s.get("score")),
-        fmt(s.get("privacy_score")),
+        _scored(s, "score"),
+        _scored(s, "privacy_score"),
         fmt(s.get("accuracy_score")),
-        f"{fmt(r['accuracy'])} {interval(r['accuracy_ci95'])}",
+        accuracy_cell(r["accuracy"], r["accuracy_ci95"], r.get("accuracy_cluster_ci95")),
         fmt(r["masking"]["m_lpips"]["value"]) if "masking" in r else "-",
         fmt(r["masking"]["judges"][OWN]["m_feat"]["value"]) if "masking" in r else "-",
-        index_cell(cgan.get("a_lpips")),
-        index_cell(own.get("a_feat")),
-        fmt(cgan.get("psnr"), 2),
-        fmt(cgan.get("ssim")),
-        rate_cell(own.get("rank1")),
+        named_cell(worst["a_lpips"], index_cell),
+        named_cell(own.get("a_feat"), index_cell),
+        fmt(feat.get("psnr"), 2),
+        fmt(feat.get("ssim")),
+        named_cell(own.get("rank1"), rate_cell),
         fmt(r["ceilings"][OWN].get("rank1")) if "ceilings" in r else "-",
     ]
 
 
+def _scored(s: dict, key: str) -> str:
+    """A score with its bootstrap interval."""
+    if s.get(key) is None:
+        return "-"
+    return f"{fmt(s[key])} {interval(s[f'{key}_ci95'])}"
+
+
 def _judge_line(name: str, r: dict, judge: str) -> list[str]:
-    """A row of the indices `judge` gives one method."""
-    scored = r["attacks"]["cgan"]["judges"][judge]
+    """A row of the worst-case indices `judge` gives one method, each with its attack."""
+    scored = r["worst"]["judges"][judge]
     return [
         name,
         fmt(r["masking"]["judges"][judge]["m_feat"]["value"]),
-        index_cell(scored.get("a_feat")),
-        rate_cell(scored.get("rank1")),
+        named_cell(scored.get("a_feat"), index_cell),
+        named_cell(scored.get("rank1"), rate_cell),
         fmt(r["ceilings"][judge].get("rank1")),
     ]
 
@@ -320,16 +425,19 @@ def _scatter(scores: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def paired_row(a: str, b: str, row_a: dict, row_b: dict) -> list[str]:
-    """One line of the paired tests: accuracies, discordant pairs, p and what it allows."""
+def paired_row(a: str, b: str, row_a: dict, row_b: dict, data: DataConfig) -> list[str]:
+    """One line of the paired tests on `data`'s pairs: accuracies, A - B with its interval
+    clustered by identity (the verdict's ground), discordant pairs and McNemar's p."""
     test = mcnemar(row_a["correct"], row_b["correct"])
-    higher = a if row_a["accuracy"] > row_b["accuracy"] else b
-    verdict = f"{higher} higher" if test["p"] < 0.05 else "within noise"
+    difference = identity_difference(data, row_a["correct"], row_b["correct"])
+    lo, hi = difference["ci95"]
+    verdict = f"{a} higher" if lo > 0 else f"{b} higher" if hi < 0 else "within noise"
     return [
         a,
         b,
         fmt(row_a["accuracy"]),
         fmt(row_b["accuracy"]),
+        f"{difference['difference']:+.3f} {cluster_interval(difference['ci95'])}",
         str(test["only_a"]),
         str(test["only_b"]),
         f"{test['p']:.3g}",

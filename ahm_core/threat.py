@@ -39,6 +39,7 @@ from ahm_core.attacks import ATTACKS
 from ahm_core.cases import Case, Released, build_case
 from ahm_core.config import AHMConfig, apply_overrides, to_flat
 from ahm_core.data.sources import RunData
+from ahm_core.evaluate import identity_interval
 from ahm_core.federated import (
     client_data,
     federated_data,
@@ -46,12 +47,21 @@ from ahm_core.federated import (
     unpack_state,
 )
 from ahm_core.io import load_checkpoint
-from ahm_core.judges import Judges, judges, reference_arcface
+from ahm_core.judges import OWN, Judges, judges, reference_arcface
 from ahm_core.metrics import LPIPS
+from ahm_core.metrics.privacy import FeatureModel
 from ahm_core.models import build_head
 from ahm_core.runs import REFERENCE, client_epochs, k_proportions, load_run, trained_figures
-from ahm_core.scoring import attack_case, ceilings
-from ahm_core.tables import Table, fmt, index_cell, rate_cell, write_report
+from ahm_core.scoring import attack_case, budget_rows, ceilings, worst_case
+from ahm_core.tables import (
+    Table,
+    cluster_interval,
+    fmt,
+    index_cell,
+    named_cell,
+    rate_cell,
+    write_report,
+)
 from ahm_core.train import resolve_device
 
 Log = Callable[[str], None]
@@ -104,6 +114,7 @@ def run_threat_model(
             summary,
             run_dir / "threat" / defence,
             shared,
+            judged.models[OWN],
         )
         rows[defence] = _row(case, judged, lpips, log)
         if own:
@@ -112,7 +123,16 @@ def run_threat_model(
         log(f"threat model: {name} (the run in {other_dir})")
         other_cfg, other_saved, other_summary = load_run(Path(other_dir), attack_cfg)
         folder = run_dir / "threat" / name
-        case = _case(other_cfg, data, Path(other_dir), other_saved, other_summary, folder, shared)
+        case = _case(
+            other_cfg,
+            data,
+            Path(other_dir),
+            other_saved,
+            other_summary,
+            folder,
+            shared,
+            judged.models[OWN],
+        )
         rows[name] = _row(case, judged, lpips, log)
         rows[name] |= {"method": other_cfg.masking.method, **trained_figures(other_summary)}
     result = {
@@ -132,12 +152,13 @@ def _case(
     summary: dict,
     folder: Path,
     shared: dict[Any, Any],
+    judge: FeatureModel,
 ) -> Case:
     """The case of one defence. With its trained run (`saved`), the attacker holds the global
     model a captured client started from and the released model; without, the seeded initial
     model (as breaching attacks at initialisation) and no release. `shared`: what every case of
-    the report may reuse."""
-    holdings: dict[str, Any] = {"shared": shared}
+    the report may reuse; `judge` tells the attacks' training when leakage stops rising."""
+    holdings: dict[str, Any] = {"shared": shared, "judge": judge}
     if saved is not None:
         records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
         capture = load_checkpoint(records[0]) if records else None
@@ -162,10 +183,13 @@ def _section(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def _row(case: Case, judged: Judges, lpips: LPIPS, log: Log) -> dict[str, Any]:
-    """Every registered attack on one case, scored, with each judge's ceiling on the case."""
+    """Every registered attack on one case, scored, the worst case over them, and each judge's
+    ceiling on the case."""
+    attacks = attack_case(case, list(ATTACKS), judged, lpips, log)
     return {
         "ceilings": ceilings(case, judged),
-        "attacks": attack_case(case, list(ATTACKS), judged, lpips, log),
+        "attacks": attacks,
+        "worst": worst_case(attacks, list(judged.models)),
     }
 
 
@@ -210,17 +234,31 @@ def _compared_notes(rows: dict) -> list[str]:
     return ["", *notes] if notes else []
 
 
+def _accuracy_cell(cfg: AHMConfig, row: dict) -> str:
+    """A trained row's final accuracy ± its fold std and, when the row holds its per-pair
+    outcomes (`correct`), the interval clustered by identity of the run's pairs."""
+    if "accuracy" not in row:
+        return "-"
+    cell = f"{fmt(row['accuracy'])} ± {fmt(row['accuracy_std'])}"
+    if row.get("correct") is None:
+        return cell
+    return f"{cell} {cluster_interval(identity_interval(cfg.data, row['correct']))}"
+
+
 def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
     rows, absent = result["defences"], result["absent_judges"]
     seen = list(next(iter(rows.values()))["ceilings"])  # the judges that judged, own first
     defences = Table(
-        ["Defence", "Accuracy ± std", "DP epsilon", *[f"Rank-1 ceiling ({j})" for j in seen]],
+        [
+            "Defence",
+            "Accuracy ± std {95%, by identity}",
+            "DP epsilon",
+            *[f"Rank-1 ceiling ({j})" for j in seen],
+        ],
         [
             [
                 name,
-                f"{fmt(row['accuracy'])} ± {fmt(row['accuracy_std'])}"
-                if "accuracy" in row
-                else "-",
+                _accuracy_cell(cfg, row),
                 fmt(row["dp"]["epsilon"], 2) if "dp" in row else "-",
                 *[rate_cell(row["ceilings"][j]) for j in seen],
             ]
@@ -229,6 +267,18 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
     )
     lines, grids = [], []
     for name, row in rows.items():
+        worst = row["worst"]
+        lines.append(
+            [
+                name,
+                "worst case",
+                "each index at the attack that set it",
+                named_cell(worst["a_lpips"], index_cell),
+                "-",
+                *[named_cell(worst["judges"][j]["a_feat"], index_cell) for j in seen],
+                *[named_cell(worst["judges"][j]["rank1"], rate_cell) for j in seen],
+            ]
+        )
         for attack, scored in row["attacks"].items():
             if "skipped" in scored:
                 lines.append(
@@ -271,7 +321,8 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "indices against what the masking saw, with a bootstrap 95% interval over the victims "
         "and, in brackets, the attacker's mean face (an attack that learned nothing) and the "
         "gain over it; rank-1 re-identification against a gallery of other photos of the "
-        "victims, with Wilson's interval and chance. Larger indices and lower rank-1 mean more "
+        "victims, with Wilson's interval, in braces its interval clustered by victim identity "
+        "(several victims share one), and chance. Larger indices and lower rank-1 mean more "
         "privacy. Judges: `own`, the run's unmasked ArcFace reference network; `dlib`, dlib's "
         "pretrained ResNet face descriptor; a judge's ceiling is its rank-1 on the untouched "
         "victims.",
@@ -282,7 +333,10 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "",
         *[f"- `{name}`: {attack.holds}" for name, attack in ATTACKS.items()],
         "",
-        "Accuracy: the final verification accuracy of a trained run, with its 10-fold std.",
+        "Accuracy: the final verification accuracy of a trained run, with its 10-fold std and, "
+        "in braces, its bootstrap 95% interval clustered by identity (held-out identities "
+        "redrawn with every pair between them: pairs share images and identities, which the "
+        "folds' spread ignores).",
         *_compared_notes(rows),
         "",
         "## Defences",
@@ -293,6 +347,23 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "",
         attacks,
         "",
+        "## Attack budgets",
+        "",
+        "Each learned attack trains once per rung of its budget ladder (CGAN epochs / auxiliary "
+        "pairs, doubling, each rung from scratch) until its leakage on auxiliary faces it held "
+        "out stops rising beyond noise (paired bootstrap: converged) or its last rung (capped), "
+        "and is scored at its most leaking rung.",
+        "",
+        Table(
+            ["Defence", "Attack", "Scored at", "Ladder", "Held-out leakage per rung", "Seconds"],
+            [[n, *line] for n, row in rows.items() for line in budget_rows(row["attacks"])],
+        ),
+        "",
+        *[
+            f"![{n}: leakage against budget](threat/{n}/ladder.png)\n"
+            for n in rows
+            if (Path(result["run"]) / "threat" / n / "ladder.png").exists()
+        ],
         "## Pictures",
         "",
         *grids,

@@ -200,10 +200,19 @@ def test_identity_leakage():
     exact = identity_leakage(gallery.clone(), ids, gallery, ids, model)
     assert exact["rank1"] == 1.0 and exact["chance"] == 0.1 and exact["trials"] == 20
     assert exact["rank1_ci95"] == pytest.approx([0.8389, 1.0], abs=1e-4)  # Wilson, 20 of 20
+    assert exact["rank1_cluster_ci95"] == [1.0, 1.0]  # every identity's victims all re-identified
     labels = torch.arange(60) % 10
     noise = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     blind = identity_leakage(noise, labels, gallery, ids, model, batch_size=7)
     assert abs(blind["rank1"] - blind["chance"]) <= 0.1
+    lo, hi = blind["rank1_cluster_ci95"]  # by victim identity: 10 identities, 6 victims each
+    assert lo <= blind["rank1"] <= hi and (lo, hi) != tuple(blind["rank1_ci95"])
+    # Half the identities' victims are their gallery photos, the others noise: the outcome is
+    # decided by the identity, so the interval clustered by it is wider than Wilson's over victims
+    half = torch.where((labels < 5)[:, None, None, None], gallery[labels], noise)
+    split = identity_leakage(half, labels, gallery, ids, model)
+    (lo, hi), (w_lo, w_hi) = split["rank1_cluster_ci95"], split["rank1_ci95"]
+    assert lo <= split["rank1"] <= hi and hi - lo > 1.5 * (w_hi - w_lo)
     with pytest.raises(ValueError, match="not in the gallery"):
         identity_leakage(gallery[:1], torch.tensor([10]), gallery, ids, model)
 

@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize
 
 from ahm_core import judges
+from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.data.sources import load_faces, verification_split
+from ahm_core.evaluate import pair_identities
 from ahm_core.masking.methods import METHODS, ROWS, table_rows
 from ahm_core.metrics.uncertainty import mcnemar
-from ahm_core.paper import run_tables
+from ahm_core.paper import _table2_line, paired_row, run_tables
 from simulations.schema import register, split_run_config
 
 register()
@@ -37,6 +40,12 @@ STUDY_SMOKE = (
     "data.images_per_identity=10",
     "data.num_pairs=600",
     "train.epochs=4",
+    "attack.aux_images=200",
+    "attack.cgan_epochs=4",
+    "attack.rungs=2",
+    "attack.kept_channels=[16]",
+    "attack.gi_iterations=50",
+    "attack.gi_restarts=1",
 )
 
 
@@ -48,8 +57,12 @@ def check_report(results: dict, out) -> None:
         table = list(csv.DictReader(handle))
     assert [r["Method"] for r in table] == [row.name for row in table_rows(2)]
     for r in table[1:]:  # every masked row has all three scores, each in [0.5, 1]
-        for column in ("Score", "Privacy", "Accuracy score"):
-            assert 0.5 <= float(r[column]) <= 1.0, (r["Method"], column, r[column])
+        for column in ("Score [95%]", "Privacy [95%]", "Accuracy score"):
+            value = float(r[column].split()[0])
+            assert 0.5 <= value <= 1.0, (r["Method"], column, r[column])
+        for column in ("Score [95%]", "Privacy [95%]"):  # with a bootstrap interval around it
+            lo, hi = (float(v) for v in r[column].split("[")[1].rstrip("]").split(","))
+            assert lo <= float(r[column].split()[0]) <= hi, (r["Method"], column)
     assert results["ArcFace"]["accuracy"] >= 0.75  # the unmasked model is accurate
     assert "attacks" not in results["ArcFace"]  # the unmasked baseline is not attacked
     ppfr = results["PPFR-FD"]["attacks"]["cgan"]  # the CGAN learns to undo a single masking:
@@ -75,6 +88,20 @@ def check_report(results: dict, out) -> None:
         assert dynamics.stat().st_size > 1000 and f"({dynamics.relative_to(out)})" in report
     assert "| Method | whole run | final epoch | policy updates |" in report
     assert "## Appendix A.2" in report
+    assert "## Attack budgets: leakage against budget" in report
+    for name, r in results.items():
+        if name == "ArcFace":
+            continue
+        mixes = METHODS[r["method"]].batch_mix is not None
+        # every mixing row is also demixed, and its score is the worst case over every attack
+        assert ("skipped" not in r["attacks"]["demix"]) == mixes, name
+        feats = {n: a["judges"]["own"]["a_feat"] for n, a in r["attacks"].items() if "a_lpips" in a}
+        floored = {n: min(f["value"], f["floor"]) for n, f in feats.items()}
+        worst = r["worst"]["judges"]["own"]["a_feat"]["attack"]
+        assert floored[worst] == min(floored.values()), name
+        assert "converged" in r["attacks"]["cgan"] and "ladder" in r["attacks"]["cgan"]
+        plot = Path(r["attacks"]["cgan"]["grid"]).with_name("ladder.png")
+        assert plot.stat().st_size > 1000 and f"({plot.relative_to(out)})" in report
     for name, r in results.items():
         if name != "ArcFace":  # appendix A.2 on every first stage with frequency channels
             stage = METHODS[r["method"]].first_stage
@@ -158,3 +185,52 @@ def test_the_committed_study_separates_the_methods(report):
     """docs/results.md's study as committed (`python -m simulations.paper_tables
     profile=study`, about an hour on 2 cores, writes it)."""
     check_verdicts(json.loads(report.read_text())["rows"])
+
+
+# 12 held-out identities in 600 pairs: a data set whose pairs share identities heavily
+SHARED = {
+    "data.num_identities": 60,
+    "data.images_per_identity": 6,
+    "data.image_size": 32,
+    "data.num_pairs": 600,
+}
+
+
+def outcomes(right) -> str:
+    return "".join("1" if r else "0" for r in right.tolist())
+
+
+def test_paired_verdict_rests_on_the_interval_clustered_by_identity():
+    """B fails every pair of one of 12 identities: McNemar, counting those pairs as independent,
+    calls A higher (p < 1e-10); redrawing identities, the difference's interval holds 0, so the
+    verdict is within noise. B failing a tenth of every identity's pairs is beyond noise."""
+    data = apply_overrides(AHMConfig(), SHARED).data
+    left, right = pair_identities(data)
+    hard = left.unique()[0]
+    a = "1" * len(left)
+    b = outcomes(~((left == hard) | (right == hard)))
+    row = paired_row(
+        "A", "B", {"accuracy": 1.0, "correct": a}, {"accuracy": 0.9, "correct": b}, data
+    )
+    assert mcnemar(a, b)["p"] < 1e-10 and row[7] == f"{mcnemar(a, b)['p']:.3g}"
+    difference, bounds = row[4].split(" ", 1)
+    lo, hi = (float(x) for x in bounds.strip("{}").split(", "))
+    assert float(difference) > 0 and lo <= 0 <= hi
+    assert row[8] == "within noise"
+    spread = outcomes(torch.arange(len(left)) % 10 != 0)
+    accuracy = spread.count("1") / len(spread)
+    row = paired_row(
+        "A", "B", {"accuracy": 1.0, "correct": a}, {"accuracy": accuracy, "correct": spread}, data
+    )
+    assert row[8] == "A higher" and row[4].startswith("+0.100 {")
+    row = paired_row(
+        "B", "A", {"accuracy": accuracy, "correct": spread}, {"accuracy": 1.0, "correct": a}, data
+    )
+    assert row[8] == "A higher" and row[4].startswith("-0.100 {")
+
+
+def test_table2_accuracy_shows_the_folds_and_the_identity_clustered_interval():
+    r = {"accuracy": 0.975, "accuracy_ci95": [0.967, 0.983], "accuracy_cluster_ci95": [0.96, 0.99]}
+    assert _table2_line("ArcFace", r, {})[4] == "0.975 [0.967, 0.983] {0.960, 0.990}"
+    del r["accuracy_cluster_ci95"]  # a row cached before the clustered interval: folds alone
+    assert _table2_line("ArcFace", r, {})[4] == "0.975 [0.967, 0.983]"

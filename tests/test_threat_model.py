@@ -7,9 +7,10 @@ import pytest
 from hydra import compose, initialize
 
 from ahm_core.attacks import ATTACKS
-from ahm_core.config import AHMConfig
+from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.evaluate import identity_interval, pair_identities
 from ahm_core.masking.methods import METHODS
-from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
+from ahm_core.threat import DP_FEDAVG, _accuracy_cell, dp_fedavg_config, run_threat_model
 from simulations.local import run_local
 from simulations.schema import register, split_run_config
 
@@ -46,6 +47,15 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
         mixes = METHODS[row.get("method", defence)].batch_mix is not None
         assert ("skipped" in attacks["demix"]) == (not mixes)
         first_stage = METHODS[row.get("method", defence)].first_stage
+        keyed = mixes and first_stage == "ppfr_fd"  # with its fixed key, demixed without it too
+        assert ("skipped" in attacks["demix_keyless"]) == (not keyed)
+        worst = row["worst"]["judges"]["own"]["rank1"]  # the worst case names its attack
+        assert worst["rank1"] == max(
+            a["judges"]["own"]["rank1"].get("rank1", -1)
+            for a in attacks.values()
+            if "skipped" not in a
+        )
+        assert (run / "threat" / defence / "ladder.png").is_file()
         assert ("skipped" in attacks["channel_drop"]) == (first_stage == "rgb")  # no channels
         assert ("skipped" in attacks["model_inversion"]) == (not trained)
         assert ("accuracy" in row) == trained
@@ -78,3 +88,17 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     assert all(f"| {defence} |" in report for defence in rows)
     with (run / "threat_report.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(rows) * len(ATTACKS)
+
+
+def test_defences_accuracy_cell_adds_the_interval_clustered_by_identity():
+    """A trained row that holds its final per-pair outcomes shows, in braces, their interval
+    clustered by the identities of the run's pairs; without them, accuracy ± fold std alone."""
+    data = {"data.num_identities": 60, "data.images_per_identity": 6, "data.image_size": 32}
+    cfg = apply_overrides(AHMConfig(), {**data, "data.num_pairs": 600})
+    left = pair_identities(cfg.data)[0]
+    correct = "".join("0" if w else "1" for w in (left == left.unique()[0]).tolist())
+    row = {"accuracy": 0.9, "accuracy_std": 0.02, "correct": correct}
+    lo, hi = identity_interval(cfg.data, correct)
+    assert lo < hi and _accuracy_cell(cfg, row) == f"0.900 ± 0.020 {{{lo:.3f}, {hi:.3f}}}"
+    assert _accuracy_cell(cfg, {"accuracy": 0.9, "accuracy_std": 0.02}) == "0.900 ± 0.020"
+    assert _accuracy_cell(cfg, {}) == "-"  # a defence without a trained run

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ahm_core.masking.first_stage import to_gray
 from ahm_core.metrics.lpips import as_rgb, check_pair, check_unit_images
-from ahm_core.metrics.uncertainty import wilson_interval
+from ahm_core.metrics.uncertainty import cluster_rate_interval, wilson_interval
 
 FeatureModel = Callable[[Tensor], Tensor]  # images [N, 3, H, W] in [0, 1] -> embeddings [N, D]
 INDICES = ("m_lpips", "m_feat", "a_lpips", "a_feat")
@@ -107,7 +107,8 @@ def identity_leakage(
 ) -> dict[str, Any]:
     """Rank-1 re-identification rate of reconstructions: the identity of the most cosine-similar
     gallery original, embedded by `eval_model` (not the attacked model), its Wilson 95% interval
-    over the reconstructions tried, and its chance level."""
+    over the reconstructions tried (as if independent), its bootstrap 95% interval clustered by
+    victim identity (several victims share one), and its chance level."""
     check_unit_images(reconstructions, "reconstructions")
     check_unit_images(gallery, "gallery")
     if len(reconstructions) != len(rec_labels) or len(gallery) != len(gallery_labels):
@@ -121,10 +122,12 @@ def identity_leakage(
         embed_images(eval_model, gallery, batch_size).T
     )
     predicted = gallery_labels.cpu()[similarity.argmax(dim=1)]
-    hits = int((predicted == rec_labels.cpu()).sum())
+    hit = predicted == rec_labels.cpu()
+    hits = int(hit.sum())
     return {
         "rank1": hits / len(rec_labels),
         "rank1_ci95": list(wilson_interval(hits, len(rec_labels))),
+        "rank1_cluster_ci95": list(cluster_rate_interval(hit, rec_labels.cpu())),
         "trials": len(rec_labels),
         "chance": 1.0 / len(identities),
     }
@@ -184,3 +187,42 @@ def table_scores(rows: Mapping[str, Mapping]) -> dict[str, dict]:
             scored["score"] = (privacy[name] + accuracy[name]) / 2
         out[name] = scored
     return out
+
+
+def score_intervals(
+    rows: Mapping[str, Mapping[str, Any]], seed: int = 0, resamples: int = 200, level: float = 0.95
+) -> dict[str, dict[str, list[float]]]:
+    """Percentile bootstrap intervals of each method's `privacy_score` and `score` (the
+    `table_scores` of one table): every resample redraws the victims of each index and the
+    verification pairs (one draw per length shared by all methods, which share their victims and
+    pairs), the floors held fixed. rows: name -> per-victim tensors of the four `INDICES`, a
+    per-pair 0/1 tensor `accuracy`, and the floors of `FLOORS`."""
+    g = torch.Generator().manual_seed(seed)
+    draws: dict[tuple[int, int], Tensor] = {}
+
+    def mean(values: Tensor, b: int) -> float:
+        n = len(values)
+        if (n, b) not in draws:
+            draws[(n, b)] = torch.randint(n, (n,), generator=g)
+        return float(values.double()[draws[(n, b)]].mean())
+
+    kept: dict[str, dict[str, list[float]]] = {n: {"privacy_score": [], "score": []} for n in rows}
+    for b in range(resamples):
+        resampled = {
+            name: {
+                **{key: mean(row[key], b) for key in ("accuracy", *INDICES)},
+                **{floor: row[floor] for floor in FLOORS.values()},
+            }
+            for name, row in rows.items()
+        }
+        for name, scored in table_scores(resampled).items():
+            for key in ("privacy_score", "score"):
+                kept[name][key].append(scored[key])
+    q = torch.tensor([0.5 - level / 2, 0.5 + level / 2], dtype=torch.float64)
+    return {
+        name: {
+            key: torch.quantile(torch.tensor(v, dtype=torch.float64), q).tolist()
+            for key, v in keys.items()
+        }
+        for name, keys in kept.items()
+    }
