@@ -205,12 +205,17 @@ class AttackConfig:
     # pretrained descriptor, about 0.1 s a face on one core).
     gallery_per_identity: int = field(default=5, metadata=_positive())
     judges: tuple[str, ...] = ("own", "dlib")
-    cgan_epochs: int = field(default=5, metadata=_positive())
+    # The budget ladder of the CGAN attacks (ahm_core.attacks.ladder): `rungs` budgets, each
+    # trained from scratch, doubling epochs and auxiliary pairs up to (cgan_epochs, aux_images);
+    # the climb stops when leakage on `holdout` other auxiliary faces stops rising beyond noise.
+    cgan_epochs: int = field(default=40, metadata=_positive())
+    rungs: int = field(default=4, metadata=_positive())
+    holdout: int = field(default=64, metadata={"min": 2})
     cgan_batch_size: int = field(default=16, metadata=_positive())
     cgan_lambda_l1: float = field(default=100.0, metadata={"min": 0.0})
-    # Appendix A.2: the channels the attacker keeps of a frequency-domain tensor (the rest, the
-    # most redundant by the first stage's `drop_order`, removed) before the black-box CGAN.
-    kept_channels: int = field(default=16, metadata=_positive())
+    # Appendix A.2: the channel counts the attacker tries keeping of a frequency-domain tensor
+    # (those of most signal-to-noise on its own faces, zero channels never) before the CGAN.
+    kept_channels: tuple[int, ...] = (8, 16, 32)
     ngf: int = field(default=64, metadata=_positive())
     ndf: int = field(default=64, metadata=_positive())
     lpips_calibrated: bool = True  # False: random AlexNet, every output marked uncalibrated
@@ -227,7 +232,10 @@ class AttackConfig:
     gi_iterations: int = field(default=300, metadata=_positive())
     gi_restarts: int = field(default=2, metadata=_positive())
     gi_local_steps: int = field(default=1, metadata=_positive())  # 1: FedSGD; E > 1: FedAvg
-    gi_objective: str = "per_layer"  # per_layer | global: a mean of per-tensor cosines, or one
+    # auto | per_layer | global: a mean of per-tensor cosines, or one over all parameters; auto
+    # picks per_layer for one image and global for a batch (the stronger of each, measured)
+    gi_objective: str = "auto"
+    gi_tv: float = field(default=0.2, metadata={"min": 0.0})  # weight of the total variation prior
     demix_images: int = field(default=24, metadata={"min": 4})  # private images mixed
     demix_rounds: int = field(default=3, metadata=_positive())  # mixes each image appears in
     gmi_targets: int = field(default=4, metadata=_positive())  # identities model-inverted
