@@ -319,11 +319,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Convert a plain value (from YAML, a CLI or a Flower run config) to the field's type by
     OmegaConf's rules, so hydra and the Flower run config agree: an int takes an int or a
     numeric string (never a bool or a float), a float an int, a float or a string, a bool a
-    bool, an int or yes/no/on/off/true/false, a str any scalar. A tuple takes a list or a
-    comma-separated string (the Flower run config has no lists)."""
+    bool, an int or yes/no/on/off/true/false, a str any scalar. A tuple takes a list, a
+    comma-separated string (the Flower run config has no lists) or one number (as a run saved
+    before the option became a list holds it: `attack.kept_channels`)."""
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in value)
