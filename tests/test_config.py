@@ -35,7 +35,7 @@ def test_values_are_coerced_from_strings_and_lists():
     assert from_dict({"policy": {"k_set": [2, 6]}}).policy.k_set == (2, 6)
     # a run saved when attack.kept_channels was one number still loads, as a one-count list
     assert from_dict({"attack": {"kept_channels": 16}}).attack.kept_channels == (16,)
-    with pytest.raises(ConfigError, match="attack.kept_channels: expected a list"):
+    with pytest.raises(ConfigError, match=r"attack\.kept_channels: expected a list"):
         from_dict({"attack": {"kept_channels": True}})
 
 
