@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -10,14 +11,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ahm_core.attacks.gradient_inversion import (
+    OBJECTIVES,
+    SCHEDULES,
     InversionOptions,
     TrainingLoss,
+    _scheduler,
+    blend_cosine_distance,
     cosine_distance,
     invert_gradients,
     layer_cosine_distance,
     match_and_score,
     recover_labels,
     simulate_update,
+    total_variation,
 )
 from ahm_core.config import AHMConfig
 from ahm_core.data.synthetic import render_faces
@@ -220,3 +226,76 @@ def test_the_inversion_is_boxed_and_keeps_its_best_iterate() -> None:
     assert unboxed.x.abs().max() > 1.0  # the test can fail: unboxed, the batch leaves [-1, 1]
     assert result.x.min() >= -1.0 and result.x.max() <= 1.0
     assert result.loss == min(result.trace) and result.loss <= result.trace[-1]
+
+
+def test_the_default_objective_blends_the_global_and_per_layer_cosines() -> None:
+    g = torch.Generator().manual_seed(1)
+    update = [torch.randn(3, 4, generator=g), 100 * torch.randn(5, generator=g)]
+    target = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+    mean = (cosine_distance(update, target) + layer_cosine_distance(update, target)) / 2
+    assert float(blend_cosine_distance(update, target)) == pytest.approx(float(mean))
+    defaults = InversionOptions()
+    assert (defaults.objective, defaults.tv, defaults.schedule) == ("blend", 0.5, "cosine")
+    assert OBJECTIVES["blend"] is blend_cosine_distance
+    cfg = AHMConfig().attack  # the threat model's attack takes the same defaults
+    assert (cfg.gi_objective, cfg.gi_tv) == (defaults.objective, defaults.tv)
+    with pytest.raises(ValueError, match="schedule"):
+        InversionOptions(schedule="linear")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_the_step_size_decays_as_the_schedule_says(schedule: str) -> None:
+    options = InversionOptions(iterations=80, lr=0.1, schedule=schedule)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=options.lr)
+    scheduler = _scheduler(optimizer, options)
+    lrs = []
+    for _ in range(options.iterations):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if schedule == "step":  # x0.1 at 3/8, 5/8 and 7/8 of the run
+        assert lrs[29] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
+        assert lrs[-1] == pytest.approx(1e-4)
+    else:  # cosine: half way at the middle, smooth, to lr / 1000 at the end
+        assert lrs[40] == pytest.approx(0.05, abs=1e-3)
+        assert all(b < a for a, b in itertools.pairwise(lrs))
+        assert lrs[-1] < 1e-3
+
+
+def test_the_objective_and_schedule_options_reach_the_fit() -> None:
+    """The same start and budget: each objective and schedule gives its own trace."""
+    identities = torch.tensor([3, 4])
+    x = faces(identities) * 2 - 1
+    labels, coefs = identities[:, None], torch.ones(2, 1)
+    net = tiny_net(3, "arcface")
+    update = simulate_update(net, x, labels, coefs)
+    settings = [(o, "cosine") for o in OBJECTIVES] + [("blend", "step")]
+    traces = [
+        invert_gradients(
+            net,
+            update,
+            tuple(x.shape),
+            labels,
+            coefs,
+            InversionOptions(iterations=12, restarts=1, objective=o, schedule=sch),
+        ).trace
+        for o, sch in settings
+    ]
+    assert len({tuple(t) for t in traces}) == len(settings)
+    assert traces[0][:2] == traces[-1][:2]  # the first step is lr under either schedule
+
+
+def test_the_total_variation_weight_is_added_to_the_objective() -> None:
+    """Same start, weights 0 and 0.7: the first objective values differ by 0.7 * TV(start)."""
+    identity = torch.tensor([2, 7])
+    x = faces(identity) * 2 - 1
+    labels, coefs = identity[:, None], torch.ones(2, 1)
+    net = tiny_net(3, "arcface")
+    update = simulate_update(net, x, labels, coefs)
+    first = {}
+    for tv in (0.0, 0.7):
+        options = InversionOptions(iterations=1, restarts=1, tv=tv, seed=3, bounds=(-1.0, 1.0))
+        first[tv] = invert_gradients(net, update, tuple(x.shape), labels, coefs, options).trace[0]
+    start = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).clamp(-1.0, 1.0)
+    assert float(total_variation(start)) > 0.5  # a noisy start: the difference is not small
+    assert first[0.7] - first[0.0] == pytest.approx(0.7 * float(total_variation(start)), rel=1e-5)

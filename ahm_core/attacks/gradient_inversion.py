@@ -6,12 +6,12 @@ the update and optimises a batch whose update has the smallest cosine distance t
 one, plus a total variation prior: Adam on signed gradients, step decay, the batch boxed to the
 valid input range after every step, random restarts, the best iterate of each kept.
 
-The distance follows one rule by batch size (`objective="auto"`): for one image the mean of
-per-tensor cosines (on an ArcFace head the head's gradient dwarfs the rest, and one global cosine
-recovers less), for a batch one cosine over all parameters, as Geiping et al. and breaching.
-With total variation 0.2 at either size, this matched or beat breaching's invertinggradients
-attacker on the same gradient at the same budget for 1, 4 and 8 images on every seed measured
-(benchmarks/gradient_inversion.py; figures in docs/performance.md).
+The defaults were tuned against breaching's invertinggradients attacker on the same gradient at
+the same budget, for 1, 4 and 8 images (benchmarks/gradient_inversion.py; figures in
+docs/performance.md): the distance is the mean of two cosine distances (`blend`), the one global
+cosine of Geiping et al. and breaching, where the ArcFace head's large gradient dominates, and
+the mean of per-tensor cosines, where every layer counts alike (alone, the first was the weaker
+on one image, the second on batches); total variation 0.5; a cosine step decay.
 
 The model is `TrainingLoss`, or any module with forward(x, labels, coefs) -> per-sample loss [B]
 (labels and coefs [B, k], as `MixUpArcFace` takes them). On masked data the attack recovers the
@@ -71,32 +71,34 @@ def layer_cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
     return torch.stack(distances).mean()
 
 
-DISTANCES = {"global": cosine_distance, "per_layer": layer_cosine_distance}
-# The choices of `InversionOptions.objective` and `attack.gi_objective`: a distance, or `auto`.
-OBJECTIVES = ("auto", *DISTANCES)
+def blend_cosine_distance(update: list[Tensor], target: list[Tensor]) -> Tensor:
+    """The mean of the global and the per-layer cosine distances, the default: the head's
+    gradient, which carries the batch's features, and every layer's, which carry the input."""
+    return (cosine_distance(update, target) + layer_cosine_distance(update, target)) / 2
 
 
-def auto_objective(batch: int) -> str:
-    """The distance `auto` picks: per-layer for one image, global for a batch."""
-    return "per_layer" if batch == 1 else "global"
+OBJECTIVES = {
+    "blend": blend_cosine_distance,
+    "global": cosine_distance,
+    "per_layer": layer_cosine_distance,
+}
+SCHEDULES = ("cosine", "step")  # cosine annealing to lr / 1000; breaching's x0.1 at 3/8, 5/8, 7/8
 
 
 @dataclass(frozen=True)
 class InversionOptions:
-    """The attack's budget and prior, and the client's local training it simulates.
-
-    `objective="auto"` picks the distance by the batch size (`auto_objective`): per-layer for one
-    image, global for a batch; `tv` 0.2 (breaching's weight) served both sizes best measured.
-    """
+    """The attack's budget and prior, and the client's local training it simulates. The
+    defaults (blend, tv 0.5, cosine) are one rule for every batch size, tuned on 1, 4 and 8."""
 
     iterations: int = 300
     lr: float = 0.1
     restarts: int = 2
-    tv: float = 0.2  # weight of the total variation prior
+    tv: float = 0.5  # weight of the total variation prior
     seed: int = 0
     local_steps: int = 1  # E: 1 is FedSGD
     local_lr: float = 0.1
-    objective: str = "auto"  # one of OBJECTIVES
+    objective: str = "blend"  # a key of OBJECTIVES
+    schedule: str = "cosine"  # one of SCHEDULES: how the step size decays over the iterations
     bounds: tuple[float, float] | None = None  # the valid input range the batch is boxed to
 
     def __post_init__(self) -> None:
@@ -108,10 +110,8 @@ class InversionOptions:
             raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {self}")
         if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
             raise ValueError(f"bounds: expected (low, high) with low < high, got {self.bounds}")
-
-    def objective_for(self, batch: int) -> str:
-        """The distance used on a batch of `batch` inputs: `objective`, or `auto`'s choice."""
-        return auto_objective(batch) if self.objective == "auto" else self.objective
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {self}")
 
 
 class InversionResult(NamedTuple):
@@ -197,6 +197,18 @@ def total_variation(x: Tensor) -> Tensor:
     return dx + dy
 
 
+def _scheduler(
+    optimizer: torch.optim.Optimizer, options: InversionOptions
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The step-size decay of `options.schedule` over `options.iterations` steps."""
+    if options.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, options.iterations, eta_min=options.lr / 1000
+        )
+    milestones = [int(options.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+
+
 def _fit(
     net: nn.Module,
     params: Mapping[str, Tensor],
@@ -206,16 +218,15 @@ def _fit(
     coefs: Tensor | None,
     options: InversionOptions,
 ) -> InversionResult:
-    """One restart from x: Adam on signed gradients with breaching's step decay, boxed to
-    `options.bounds`; returns the iterate of the lowest objective, not the last."""
+    """One restart from x: Adam on signed gradients, its step decayed by `options.schedule`,
+    boxed to `options.bounds`; returns the iterate of the lowest objective, not the last."""
     if options.bounds is not None:
         x = x.clamp(*options.bounds)
     logits = torch.zeros(labels.shape, device=x.device, requires_grad=coefs is None)
     free = [x.requires_grad_(), logits] if coefs is None else [x.requires_grad_()]
     optimizer = torch.optim.Adam(free, lr=options.lr)
-    milestones = [int(options.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    objective = DISTANCES[options.objective_for(len(x))]
+    scheduler = _scheduler(optimizer, options)
+    objective = OBJECTIVES[options.objective]
     trace: list[float] = []
     best = (float("inf"), x.detach().clone(), logits.detach().clone())
     for _ in range(options.iterations):
