@@ -241,7 +241,7 @@ def build_case(
     `judge`, `shared`."""
     a = cfg.attack
     pipeline = masking_for_run(cfg, faces, train, first_stage)
-    count = max(a.victims, a.gi_batch, a.demix_images)
+    count = max(a.victims, a.gi_batch, a.demix_images, pipeline.k or 0)
     split = attack_split(
         train,
         faces.labels,

@@ -270,14 +270,15 @@ def write_tables(
         f"### {n}\n\n![{n}]({Path(r['attacks']['cgan']['grid']).relative_to(out_dir)})\n"
         for n, r in masked.items()
     ]
-    md += _budgets(masked, out_dir)
+    md += _budgets({n: r for n, r in results.items() if "attacks" in r}, out_dir)
     md += _appendix_a2(masked, cfg, out_dir)
     data = {"rows": results, "scores": scores, "absent_judges": absent}
     return write_report(out_dir / "report.md", md, data)
 
 
-def _budgets(masked: dict[str, dict], out_dir: Path) -> list[str | Table]:
-    """Each row's attacks: the budget scored, converged or capped, the ladder, and its plot."""
+def _budgets(attacked: dict[str, dict], out_dir: Path) -> list[str | Table]:
+    """Each attacked row's attacks (Table 1's too): the budget scored, converged or capped, the
+    ladder, and its plot."""
     lines: list[str | Table] = [
         "## Attack budgets: leakage against budget",
         "",
@@ -289,11 +290,11 @@ def _budgets(masked: dict[str, dict], out_dir: Path) -> list[str | Table]:
         "",
         Table(
             ["Method", "Attack", "Scored at", "Ladder", "Held-out leakage per rung", "Seconds"],
-            [[n, *line] for n, r in masked.items() for line in budget_rows(r["attacks"])],
+            [[n, *line] for n, r in attacked.items() for line in budget_rows(r["attacks"])],
         ),
         "",
     ]
-    for n in masked:
+    for n in attacked:
         plot = out_dir / "rows" / slug(n) / "ladder.png"
         if plot.exists():
             lines += [f"![{n}: leakage against budget]({plot.relative_to(out_dir)})", ""]

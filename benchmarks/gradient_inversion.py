@@ -5,7 +5,8 @@ IR-SE with the MixUp-ArcFace head over 100 identities, on 32 px synthetic faces 
 project's normalisation: mean 0.5 and std 0.5 per channel), labels known. Both attackers invert
 that one gradient in the same run, at the same iterations and restarts, boxed to [-1, 1]:
 
-- ours: `invert_gradients` with the defaults of `InversionOptions` (its rule by batch size);
+- ours: `invert_gradients` with the defaults of `InversionOptions` (the blend of the global and
+  per-layer cosine distances, total variation 0.5, cosine step decay, boxed);
 - breaching's `OptimizationBasedAttacker` with its `invertinggradients` configuration (one global
   cosine, total variation 0.2, Adam on signed gradients, step decay, boxed), wired to this model:
   the model returns the head's cosine logits, the loss applies the ArcFace margin and scale of

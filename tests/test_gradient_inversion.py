@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ahm_core.attacks import ATTACKS
 from ahm_core.attacks.gradient_inversion import (
     OBJECTIVES,
     SCHEDULES,
@@ -25,7 +26,9 @@ from ahm_core.attacks.gradient_inversion import (
     simulate_update,
     total_variation,
 )
-from ahm_core.config import AHMConfig
+from ahm_core.cases import build_case
+from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.data.synthetic import render_faces
 from ahm_core.masking.pipeline import MaskingPipeline, build_masking
 from ahm_core.metrics.privacy import psnr
@@ -299,3 +302,37 @@ def test_the_total_variation_weight_is_added_to_the_objective() -> None:
     start = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).clamp(-1.0, 1.0)
     assert float(total_variation(start)) > 0.5  # a noisy start: the difference is not small
     assert first[0.7] - first[0.0] == pytest.approx(0.7 * float(total_variation(start)), rel=1e-5)
+
+
+def test_a_fixed_k_above_the_batch_size_inverts_a_batch_of_k(tmp_path):
+    """MixUp with k=5 cannot mix in a client batch of attack.gi_batch=4: the attack inverts an
+    update on 5 images instead of failing (as it did on the paper tables' k=5 and k=6 rows)."""
+    cfg = apply_overrides(
+        AHMConfig(),
+        {
+            "data.num_identities": 20,
+            "data.images_per_identity": 6,
+            "data.image_size": 32,
+            "model.width": 8,
+            "masking.method": "mixup_rgb",
+            "mixup.k": 5,
+            "attack.victims": 4,
+            "attack.aux_images": 24,
+            "attack.holdout": 8,
+            "attack.gallery_per_identity": 3,
+            "attack.demix_images": 4,
+            "attack.gi_batch": 4,
+            "attack.gi_iterations": 2,
+            "attack.gi_restarts": 1,
+            "attack.cgan_epochs": 1,
+            "attack.rungs": 1,
+            "attack.ngf": 8,
+            "attack.ndf": 8,
+        },
+    )
+    faces = load_faces(cfg.data)
+    split = verification_split(faces.labels, cfg.data)
+    case = build_case(cfg, faces, split.train, split.pairs, tmp_path, torch.device("cpu"))
+    rec = ATTACKS["gradient_inversion"].run(case)
+    assert len(rec.targets) == 5 and rec.faces.shape[0] == 5
+    assert 0.0 < rec.figures["input_psnr"] < 100.0

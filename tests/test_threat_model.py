@@ -87,7 +87,10 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     report = (run / "threat_report.md").read_text()
     assert all(f"| {defence} |" in report for defence in rows)
     with (run / "threat_report.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == len(rows) * len(ATTACKS)
+        lines = list(csv.DictReader(handle))
+    # one line per defence and attack, and each defence's worst case over them
+    assert len(lines) == len(rows) * (len(ATTACKS) + 1)
+    assert sum(line["Attack"] == "worst case" for line in lines) == len(rows)
 
 
 def test_defences_accuracy_cell_adds_the_interval_clustered_by_identity():

@@ -318,9 +318,10 @@ def client_network(case: Case, classes: int) -> TrainingLoss:
 
 @register
 class GradientInversion(Attack):
-    """Invert a client's update on `attack.gi_batch` masked, mixed faces (labels and mixing
-    coefficients known, as the threat model allows), then turn the recovered inputs into faces:
-    the pipeline's render where the input is the face (RGB, no mixing), else the case's CGAN."""
+    """Invert a client's update on `attack.gi_batch` masked, mixed faces (k, where a fixed k is
+    larger; labels and mixing coefficients known, as the threat model allows), then turn the
+    recovered inputs into faces: the pipeline's render where the input is the face (RGB, no
+    mixing), else the case's CGAN."""
 
     name = "gradient_inversion"
     holds = "one client's update and the model it started from; labels and mixing coefficients"
@@ -328,11 +329,12 @@ class GradientInversion(Attack):
     def run(self, case: Case) -> Reconstructions:
         cfg, a = case.cfg, case.cfg.attack
         g = torch.Generator().manual_seed(cfg.train.seed)
-        items = case.victims(a.gi_batch)
+        batch = max(a.gi_batch, case.pipeline.k or 0)  # a client's batch holds the k it mixes
+        items = case.victims(batch)
         labels, classes = relabel(case.labels(items))
         proportions = case.proportions
         if proportions is not None:  # only the k a batch of gi_batch can mix
-            proportions = {k: v for k, v in proportions.items() if k <= a.gi_batch} or {2: 1.0}
+            proportions = {k: v for k, v in proportions.items() if k <= batch} or {2: 1.0}
         aux = mask_for_attack(case.pipeline, case.aux_images, None, proportions, g)
         victims = mask_for_attack(
             case.pipeline, case.images(items), case.labels(items), proportions, g
