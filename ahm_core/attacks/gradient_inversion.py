@@ -333,7 +333,7 @@ class GradientInversion(Attack):
         items = case.victims(batch)
         labels, classes = relabel(case.labels(items))
         proportions = case.proportions
-        if proportions is not None:  # only the k a batch of gi_batch can mix
+        if proportions is not None:  # only the k such a batch can mix
             proportions = {k: v for k, v in proportions.items() if k <= batch} or {2: 1.0}
         aux = mask_for_attack(case.pipeline, case.aux_images, None, proportions, g)
         victims = mask_for_attack(
