@@ -15,22 +15,23 @@ after a crash skips it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from ahm_core.config import AHMConfig, ConfigError, DataConfig, apply_overrides
-from ahm_core.evaluate import identity_difference, identity_interval
-from ahm_core.experiment import run_centralized
-from ahm_core.io import atomic_write, load_checkpoint
-from ahm_core.judges import OWN, Judges, judges
+from ahm_core.cells import Cell, Runner, cached, cell_config, run_cell, seed_list, sequential
+from ahm_core.config import AHMConfig, ConfigError, DataConfig
+from ahm_core.evaluate import identity_difference
+from ahm_core.io import atomic_write
+from ahm_core.judges import OWN
 from ahm_core.masking.methods import PAIRED, ROWS, TABLE1, Row, table_rows
 from ahm_core.metrics import table_scores
 from ahm_core.metrics.privacy import score_intervals
-from ahm_core.metrics.uncertainty import mcnemar
-from ahm_core.scoring import budget_rows, measure_privacy, table_row
+from ahm_core.metrics.uncertainty import mcnemar, over_seeds, paired_seeds
+from ahm_core.scoring import budget_rows, table_row
 from ahm_core.tables import (
     Table,
     accuracy_cell,
@@ -42,11 +43,31 @@ from ahm_core.tables import (
     rate_cell,
     write_report,
 )
-from ahm_core.train import resolve_device
 
-ROW_VERSION = 5  # a cached row of another version lacks what the report now prints
-# What an adaptive row keeps of its run's metrics (None for the other rows): Table 3 and dynamics.
-POLICY_KEYS = ("k_proportions", "k_proportions_final_epoch", "policy_updates", "k_dynamics")
+TABLE2 = frozenset(row.name for row in table_rows(2))
+_PRIVACY_INTRO = (
+    "Privacy indices use {label}; verification accuracy on held-out identities, with its "
+    "95% interval over the 10 folds. Masking and attack indices compare with what the "
+    "masking saw (the grey original for the frequency-domain and DP rows). Every attack of "
+    "the registry that applies attacks every row (the black-box CGAN, the A.2 channel "
+    "removal, demixing with and without the key, gradient inversion of an update at the "
+    "seeded initial model); each learned attack is trained up its budget ladder until its "
+    "leakage on the attacker's held-out faces stops rising (see Attack budgets). Attack "
+    "indices are the worst case over those attacks, each index named by the attack that "
+    "set it, with a bootstrap 95% interval over the victims; in brackets the same index of "
+    "the attacker's mean face (an attack that learned nothing) and the gain over it. The "
+    "privacy score counts an attack at most at that floor; the scores carry a bootstrap "
+    "95% interval (victims and pairs redrawn, the whole table rescored). Higher indices "
+    "mean more privacy. Rank-1 leakage: the share of "
+    "reconstructions whose most similar gallery original is the victim's identity, with "
+    "Wilson's 95% interval and, in brackets, chance; the ceiling is the same judge's rank-1 "
+    "on the untouched victims. Judges: `own`, the unmasked ArcFace row's network (the "
+    "paper's feature model; the scores use it), and `dlib`, dlib's pretrained ResNet face "
+    "descriptor, which neither side trained. Intervals in square brackets treat pairs and "
+    "victims as independent (the folds' t interval, Wilson's); those in braces are "
+    "bootstrap 95% intervals clustered by identity, which pairs and victims share: "
+    "identities redrawn with every pair between them, or with all their victims."
+)
 
 
 def slug(name: str) -> str:
@@ -59,9 +80,18 @@ def run_tables(
     out_dir: str | Path,
     log: Callable[[str], None] = print,
     only: Collection[str] | None = None,
-) -> dict:
-    """Run (or reuse) every row of `ROWS`, or the rows whose folder names (`slug`) are `only` and
-    ArcFace (whose network judges), then write the report; returns {row name: row result}."""
+    seeds: int | Sequence[int] | None = None,
+    runner: Runner = sequential,
+    resume: bool = True,
+    attack: bool = True,
+) -> dict[str, dict[int, dict]]:
+    """Run (or reuse) every row of `ROWS` at every seed (`seed_list`), or the rows whose folder
+    names (`slug`) are `only` and ArcFace, then write the report; returns {row: {seed: result}}.
+
+    Each (row, seed) is a cell (`ahm_core.cells`) that `runner` runs, here or as a task elsewhere;
+    the first seed's ArcFace network judges every cell's attacks, so it runs first. Without
+    `attack` the cells are trained and compared on accuracy only; a later run with attacks
+    reuses their trained networks and adds the attacks."""
     out_dir = Path(out_dir)
     rows = list(ROWS)
     if only is not None:
@@ -70,99 +100,93 @@ def run_tables(
             names = ", ".join(slug(row.name) for row in rows)
             raise ConfigError(f"rows: unknown row {unknown[0]!r}; expected some of {names}")
         rows = [row for row in rows if row.method == "arcface" or slug(row.name) in only]
-    results: dict[str, dict] = {}
-    judged: Judges | None = None
-    for i, row in enumerate(rows, 1):
-        log(f"[{i}/{len(rows)}] {row.name}")
-        if judged is None and row.method != "arcface":
-            arcface = Path(results["ArcFace"]["checkpoint"])
-            judged = judges(arcface, cfg, resolve_device(cfg.train.device))
-        results[row.name] = _row(cfg, row, out_dir, judged, log)
-    write_tables(results, out_dir, cfg, judged.absent if judged else {})
-    return results
+    seeds = seed_list(cfg, seeds)
 
+    def cell(row: Row, seed: int, judge: Path | None) -> Cell:
+        folder = out_dir / "rows" / slug(row.name) / f"seed_{seed}"
+        return Cell(row, seed, cell_config(cfg, row, seed), folder, judge, resume)
 
-def _row(cfg: AHMConfig, row: Row, out_dir: Path, judged: Judges | None, log: Callable) -> dict:
-    cached = out_dir / "rows" / slug(row.name) / "row.json"
-    if cached.exists():
-        result = json.loads(cached.read_text())
-        if result.get("version") == ROW_VERSION:
-            return result
-    row_cfg = apply_overrides(cfg, {"masking.method": row.method, **row.overrides})
-    metrics = run_centralized(row_cfg, cached.parent / "train")
-    correct = metrics["verification"]["correct"]  # per pair: what the clustered intervals redraw
-    result = {
-        "version": ROW_VERSION,
-        "method": row.method,
-        "accuracy": metrics["verification_accuracy"],
-        "accuracy_ci95": metrics["verification"]["accuracy_ci95"],
-        "accuracy_cluster_ci95": identity_interval(row_cfg.data, correct),
-        "correct": correct,
-        **{key: metrics.get(key) for key in POLICY_KEYS},
-        "first_stage": metrics.get("first_stage"),  # what a trained first stage learnt
-    }
-    if judged is not None:
-        stage = None
-        if metrics.get("first_stage"):  # a trained first stage is attacked as it was trained
-            saved = load_checkpoint(metrics["checkpoint"], ("first_stage",))
-            stage = saved["first_stage"]["module"]
-        result |= measure_privacy(
-            row_cfg, result["k_proportions"], judged, cached.parent, log, stage
+    results: dict[str, dict[int, dict]] = {row.name: {} for row in rows}
+    total = len(rows) * len(seeds)
+    # on a terminal (disable=None), whatever train.progress says of the steps inside each cell
+    with tqdm(total=total, desc="cells", unit="cell", disable=None) as bar:
+
+        def run(cells: list[Cell]) -> None:
+            todo = []
+            for c in cells:
+                hit = cached(c)
+                if hit is None:
+                    todo.append(c)
+                    continue
+                results[c.row.name][c.seed] = hit
+                bar.update()
+                log(f"[{_done(results)}/{total}] {c.label}: cached, {_line(hit)}")
+            for c, result in runner(run_cell, todo):
+                results[c.row.name][c.seed] = result
+                bar.update()
+                log(f"[{_done(results)}/{total}] {c.label}: {_line(result)}")
+
+        arcface = next(row for row in rows if row.method == "arcface")
+        run([cell(arcface, seeds[0], None)])
+        judge = Path(results[arcface.name][seeds[0]]["checkpoint"])
+        run(
+            [
+                cell(row, seed, judge if attack and row is not arcface else None)
+                for seed in seeds
+                for row in rows
+                if (row, seed) != (arcface, seeds[0])
+            ]
         )
-    result["checkpoint"] = metrics["checkpoint"]
-    text = json.dumps(result, indent=2)
-    atomic_write(cached, lambda tmp: tmp.write_text(text))
-    return result
+    ordered = {name: {s: runs[s] for s in seeds} for name, runs in results.items()}
+    write_tables(ordered, out_dir, cfg)
+    return ordered
 
 
-def write_tables(
-    results: dict[str, dict], out_dir: Path, cfg: AHMConfig, absent: dict[str, str]
-) -> Path:
-    """report.md (with report.json), table2.csv and privacy_accuracy.png from the row results."""
-    table2 = {row.name for row in table_rows(2)}
-    masked = {n: r for n, r in results.items() if n in table2 and "attacks" in r}
-    scores = table_scores(
-        {
-            n: {"accuracy": r["accuracy"], **table_row(r["masking"], r["worst"])}
-            for n, r in masked.items()
-        }
-    )
+def _done(results: dict[str, dict[int, dict]]) -> int:
+    return sum(len(runs) for runs in results.values())
+
+
+def _line(result: dict) -> str:
+    """One finished cell: its accuracy and, when attacked, the worst rank-1 by the own judge."""
+    line = f"accuracy {fmt(result['accuracy'])}"
+    rank1 = result.get("worst", {}).get("judges", {}).get(OWN, {}).get("rank1")
+    if rank1:
+        line += f", worst rank-1 {fmt(rank1['rank1'])} ({rank1['attack']})"
+    return line
+
+
+def write_tables(runs: dict[str, dict[int, dict]], out_dir: Path, cfg: AHMConfig) -> Path:
+    """report.md (with report.json), table2.csv and privacy_accuracy.png from the cells' results
+    {row: {seed: result}}: the figures over seeds first, then the first seed's run in detail."""
+    seeds = list(next(iter(runs.values())))
+    results = {n: by_seed[seeds[0]] for n, by_seed in runs.items()}
+    absent = next((r["absent_judges"] for r in results.values() if "absent_judges" in r), {})
+    masked = _masked(results)
+    per_seed = {s: _scores({n: by_seed[s] for n, by_seed in runs.items()}) for s in seeds}
+    summary = _over_seeds(runs, per_seed)
+    scores = per_seed[seeds[0]]
     for name, bounds in score_intervals(
         {n: _resampled(r) for n, r in masked.items()}, cfg.train.seed
     ).items():
         scores[name] |= {f"{key}_ci95": b for key, b in bounds.items()}
     label = next((r["lpips_label"] for r in masked.values()), "LPIPS")
-    _scatter(scores, out_dir / "privacy_accuracy.png")
-    acc = {n: r["accuracy"] for n, r in results.items()}
     adaptive = {n: r for n, r in results.items() if r.get("k_proportions")}
     judged = next((list(r["ceilings"]) for r in masked.values()), [OWN])  # own first
+    intro = (
+        _PRIVACY_INTRO.format(label=label)
+        if masked
+        else "Accuracy only (`attacks=false`): verification accuracy on held-out identities, "
+        "with its 95% interval over the 10 folds; no row was attacked. A rerun into this folder "
+        "with attacks reuses every trained network and adds the privacy columns."
+    )
     md: list[str | Table] = [
         f"# Paper tables on {cfg.data.source} faces ({cfg.data.image_size} px)",
         "",
-        f"Privacy indices use {label}; verification accuracy on held-out identities, with its "
-        "95% interval over the 10 folds. Masking and attack indices compare with what the "
-        "masking saw (the grey original for the frequency-domain and DP rows). Every attack of "
-        "the registry that applies attacks every row (the black-box CGAN, the A.2 channel "
-        "removal, demixing with and without the key, gradient inversion of an update at the "
-        "seeded initial model); each learned attack is trained up its budget ladder until its "
-        "leakage on the attacker's held-out faces stops rising (see Attack budgets). Attack "
-        "indices are the worst case over those attacks, each index named by the attack that "
-        "set it, with a bootstrap 95% interval over the victims; in brackets the same index of "
-        "the attacker's mean face (an attack that learned nothing) and the gain over it. The "
-        "privacy score counts an attack at most at that floor; the scores carry a bootstrap "
-        "95% interval (victims and pairs redrawn, the whole table rescored). Higher indices "
-        "mean more privacy. Rank-1 leakage: the share of "
-        "reconstructions whose most similar gallery original is the victim's identity, with "
-        "Wilson's 95% interval and, in brackets, chance; the ceiling is the same judge's rank-1 "
-        "on the untouched victims. Judges: `own`, the unmasked ArcFace row's network (the "
-        "paper's feature model; the scores use it), and `dlib`, dlib's pretrained ResNet face "
-        "descriptor, which neither side trained. Intervals in square brackets treat pairs and "
-        "victims as independent (the folds' t interval, Wilson's); those in braces are "
-        "bootstrap 95% intervals clustered by identity, which pairs and victims share: "
-        "identities redrawn with every pair between them, or with all their victims.",
+        intro,
         *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
         "",
-        "## Table 2: accuracy and privacy",
+        *_seed_section(runs, summary, per_seed),
+        f"## Table 2: accuracy and privacy (the run of seed {seeds[0]})",
         "",
         Table(
             [
@@ -180,7 +204,7 @@ def write_tables(
                 "Rank-1 [95%] (chance) attack",
                 "Rank-1 ceiling",
             ],
-            [_table2_line(n, r, scores.get(n, {})) for n, r in results.items() if n in table2],
+            [_table2_line(n, r, scores.get(n, {})) for n, r in results.items() if n in TABLE2],
             csv="table2.csv",
         ),
         "",
@@ -202,14 +226,15 @@ def write_tables(
             "",
         ]
     md += [
-        "## Table 1: RGB against frequency domain (accuracy, k=2)",
+        f"## Table 1: RGB against frequency domain (accuracy, k=2; mean ± std over {len(seeds)} "
+        "seed(s))",
         "",
         Table(
             ["Method", "RGB domain", "Frequency domain"],
-            [[label, fmt(acc.get(rgb)), fmt(acc.get(fd))] for label, rgb, fd in TABLE1],
+            [[label, _spread(summary, rgb), _spread(summary, fd)] for label, rgb, fd in TABLE1],
         ),
         "",
-        "## Paired tests: is a difference in accuracy beyond noise?",
+        f"## Paired tests within the run of seed {seeds[0]}: a difference beyond its pairs' noise?",
         "",
         "Both rows are judged on the same verification pairs, each with its fold's threshold. "
         "The verdict rests on the difference A - B with its bootstrap 95% interval clustered "
@@ -261,19 +286,180 @@ def write_tables(
             for n, r in adaptive.items()
             if r.get("k_dynamics")
         ],
-        "![privacy against accuracy](privacy_accuracy.png)",
-        "",
-        "## Reconstructions (original / masked render / CGAN)",
-        "",
     ]
-    md += [
-        f"### {n}\n\n![{n}]({Path(r['attacks']['cgan']['grid']).relative_to(out_dir)})\n"
-        for n, r in masked.items()
-    ]
-    md += _budgets({n: r for n, r in results.items() if "attacks" in r}, out_dir)
-    md += _appendix_a2(masked, cfg, out_dir)
-    data = {"rows": results, "scores": scores, "absent_judges": absent}
+    if masked:
+        _scatter(scores, out_dir / "privacy_accuracy.png")
+        md += [
+            "![privacy against accuracy](privacy_accuracy.png)",
+            "",
+            "## Reconstructions (original / masked render / CGAN)",
+            "",
+            *[
+                f"### {n}\n\n![{n}]({Path(r['attacks']['cgan']['grid']).relative_to(out_dir)})\n"
+                for n, r in masked.items()
+            ],
+        ]
+        md += _budgets({n: r for n, r in results.items() if "attacks" in r}, out_dir)
+        md += _appendix_a2(masked, cfg, out_dir)
+    data = {
+        "rows": results,
+        "scores": scores,
+        "absent_judges": absent,
+        "seeds": seeds,
+        "over_seeds": summary,
+        "paired_over_seeds": _paired_seeds(per_seed, runs),
+        "runs": {n: {str(s): r for s, r in by_seed.items()} for n, by_seed in runs.items()},
+    }
     return write_report(out_dir / "report.md", md, data)
+
+
+def _masked(results: dict[str, dict]) -> dict[str, dict]:
+    """The attacked rows of Table 2."""
+    return {n: r for n, r in results.items() if n in TABLE2 and "attacks" in r}
+
+
+def _scores(results: dict[str, dict]) -> dict[str, dict]:
+    """The paper's scores of one seed's Table 2 (each row against the others of that seed)."""
+    return table_scores(
+        {
+            n: {"accuracy": r["accuracy"], **table_row(r["masking"], r["worst"])}
+            for n, r in _masked(results).items()
+        }
+    )
+
+
+def _figures(r: dict, s: dict) -> dict[str, float | None]:
+    """What the seed tables summarise of one cell: accuracy, scores and worst-case leakage."""
+    own = r.get("worst", {}).get("judges", {}).get(OWN, {})
+    return {
+        "accuracy": r["accuracy"],
+        "score": s.get("score"),
+        "privacy_score": s.get("privacy_score"),
+        "a_feat": (own.get("a_feat") or {}).get("value"),
+        "rank1": (own.get("rank1") or {}).get("rank1"),
+    }
+
+
+def _over_seeds(runs: dict[str, dict[int, dict]], per_seed: dict[int, dict]) -> dict:
+    """{row: {figure: mean, run-to-run std and n}} over the seeds each figure exists at."""
+    summary: dict[str, dict] = {}
+    for name, by_seed in runs.items():
+        figures = [_figures(r, per_seed[s].get(name, {})) for s, r in by_seed.items()]
+        summary[name] = {
+            key: over_seeds(values)
+            if (values := [f[key] for f in figures if f[key] is not None])
+            else None
+            for key in figures[0]
+        }
+    return summary
+
+
+def _paired_seeds(per_seed: dict[int, dict], runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """Each pair of `PAIRED` that ran, compared over seeds on accuracy and the privacy score."""
+    lines = []
+    for a, b in PAIRED:
+        if not {a, b} <= set(runs):
+            continue
+        line: dict[str, Any] = {"a": a, "b": b}
+        for key in ("accuracy", "privacy_score"):
+            pairs = [
+                (
+                    _figures(runs[a][s], per_seed[s].get(a, {}))[key],
+                    _figures(runs[b][s], per_seed[s].get(b, {}))[key],
+                )
+                for s in runs[a]
+            ]
+            if all(x is not None and y is not None for x, y in pairs):
+                line[key] = paired_seeds([x for x, _ in pairs], [y for _, y in pairs])
+        lines.append(line)
+    return lines
+
+
+def _spread(summary: dict, name: str, key: str = "accuracy") -> str:
+    """A figure as mean ± run-to-run std (n seeds); '-' where the row did not run."""
+    entry = (summary.get(name) or {}).get(key)
+    if entry is None:
+        return "-"
+    std = "" if entry["std"] is None else f" ± {entry['std']:.3f}"
+    return f"{entry['mean']:.3f}{std} ({entry['n']})"
+
+
+def _verdict(a: str, b: str, test: dict | None) -> str:
+    if test is None:
+        return "-"
+    lo, hi = test["ci95"]
+    if test["n"] < 2:
+        return "one seed: no verdict"
+    return f"{a} higher" if lo > 0 else f"{b} higher" if hi < 0 else "within run-to-run noise"
+
+
+def _seed_section(runs: dict, summary: dict, per_seed: dict) -> list[str | Table]:
+    """The figures over seeds and the rows compared paired by seed: the verdicts' ground."""
+    seeds = list(next(iter(runs.values())))
+    paired = _paired_seeds(per_seed, runs)
+
+    def test_cell(test: dict | None) -> str:
+        if test is None:
+            return "-"
+        return f"{test['difference']:+.3f} {interval(test['ci95'])}, p {test['p']:.3g}"
+
+    return [
+        f"## Over seeds: mean ± run-to-run std (number of seeds), seeds {seeds}",
+        "",
+        "Each row is trained once per seed (its weights, data order, masking noise and key, k "
+        "draws and attack draws), the same seeds for every row, so rows compare paired by seed; "
+        "the data, its pairs and the judge (the first seed's ArcFace network) are shared. The "
+        "std is over the runs (n - 1); scores are computed within each seed's table. The "
+        "paired tests below it take the per-seed differences A - B: their mean with a t 95% "
+        "interval over seeds and the exact sign-flip p (at least 2 / 2**n, so 0.25 with 3 seeds "
+        "and 0.0625 with 5). A verdict needs the interval to exclude 0; the within-run tests "
+        "further down see one trained model per row and cannot see this spread.",
+        "",
+        Table(
+            [
+                "Method",
+                "Accuracy",
+                "Score",
+                "Privacy score",
+                "A_feat (worst, own)",
+                "Rank-1 (worst, own)",
+            ],
+            [
+                [
+                    n,
+                    *[
+                        _spread(summary, n, k)
+                        for k in ("accuracy", "score", "privacy_score", "a_feat", "rank1")
+                    ],
+                ]
+                for n in runs
+            ],
+            csv="over_seeds.csv",
+        ),
+        "",
+        Table(
+            [
+                "A",
+                "B",
+                "accuracy A - B [95%], p",
+                "verdict (accuracy)",
+                "privacy score A - B [95%], p",
+                "verdict (privacy)",
+            ],
+            [
+                [
+                    t["a"],
+                    t["b"],
+                    test_cell(t.get("accuracy")),
+                    _verdict(t["a"], t["b"], t.get("accuracy")),
+                    test_cell(t.get("privacy_score")),
+                    _verdict(t["a"], t["b"], t.get("privacy_score")),
+                ]
+                for t in paired
+            ],
+        ),
+        "",
+    ]
 
 
 def _budgets(attacked: dict[str, dict], out_dir: Path) -> list[str | Table]:
@@ -294,8 +480,8 @@ def _budgets(attacked: dict[str, dict], out_dir: Path) -> list[str | Table]:
         ),
         "",
     ]
-    for n in attacked:
-        plot = out_dir / "rows" / slug(n) / "ladder.png"
+    for n, r in attacked.items():
+        plot = Path(r["attacks"]["cgan"]["grid"]).with_name("ladder.png")  # the cell's folder
         if plot.exists():
             lines += [f"![{n}: leakage against budget]({plot.relative_to(out_dir)})", ""]
     return lines

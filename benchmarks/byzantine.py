@@ -2,7 +2,8 @@
 scale (profile=federated), each run against the clean run of the same aggregator.
 
     python benchmarks/byzantine.py                        # 8 clients, 1 attacking, every cell
-    python benchmarks/byzantine.py --modes signflip,nan --aggregators fedavg,krum --jobs 2
+    python benchmarks/byzantine.py --modes signflip,nan --aggregators fedavg,krum
+    python benchmarks/byzantine.py --ray-address auto          # the runs on an existing Ray cluster
     python benchmarks/byzantine.py --paper-model-steps 3,10,25   # an IR-SE-50 client's drift
 
 Modes that the reply checks reject whatever the aggregator (`REPLY_MODES`) run against the
@@ -12,18 +13,18 @@ and the train replies rejected by reason; then the honest updates' screening fig
 clean default run (how far they were from each bound). `fedavg` is the default configuration
 (Flower's FedAvg with this project's screen); the robust aggregators run without the screen
 (`federation.screen=false`, the reply checks stay), so the table shows what each holds by
-itself. Deterministic on CPU for a given seed: each run is seeded end to end.
+itself. Deterministic on CPU for a given seed: each run is seeded end to end. Each run is a Ray
+task of one CPU (`simulations.cells`, the paper tables' runner), as many at once as the cores
+(or the cluster) allow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=10.0, help="federation.fault_scale")
     parser.add_argument("--modes", default=",".join(UPDATE_MODES + REPLY_MODES))
     parser.add_argument("--aggregators", default=",".join(AGGREGATORS))
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ray-address", help="an existing Ray cluster ('auto' or host:port)")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--paper-model-steps", help="only an IR-SE-50 client's drift, e.g. 3,10")
     args = parser.parse_args()
@@ -185,8 +186,12 @@ def main() -> None:
         if agg == "fedavg" or mode not in REPLY_MODES
     ]
     print(f"{len(jobs)} runs: {args.clients} clients, 1 attacking, {args.rounds} rounds")
-    with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(one_run, jobs))
+    from simulations.cells import RayOptions, ray_runner, ray_session
+
+    ray = RayOptions(address=args.ray_address)
+    with ray_session(ray):
+        done = dict(ray_runner(ray)(one_run, jobs))
+    results = [done[job] for job in jobs]
     if args.json:
         from ahm_core.io import atomic_write
 

@@ -6,7 +6,7 @@ Registered in hydra's ConfigStore so any schema key can be overridden on the com
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,6 +16,7 @@ from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, from_dict
 from ahm_core.data.sources import SOURCES
 from server.strategy import check_strategy
+from simulations.cells import RayOptions
 
 
 @dataclass
@@ -26,11 +27,21 @@ class RunConfig(AHMConfig):
 
 
 @dataclass
-class PaperRunConfig(RunConfig):
-    """RunConfig plus which rows `simulations.paper_tables` runs."""
+class SeededRunConfig(RunConfig):
+    """RunConfig plus the seeds a centralized run trains at, and where those runs go."""
+
+    # Training runs: a count (from train.seed on) or a list of seeds; null: train.seed alone
+    seeds: Any = None
+    ray: RayOptions = field(default_factory=RayOptions)  # where each (row, seed) cell runs
+
+
+@dataclass
+class PaperRunConfig(SeededRunConfig):
+    """SeededRunConfig plus which rows `simulations.paper_tables` runs."""
 
     # Only these rows, by their folder names under rows/ (and ArcFace, whose network judges).
     rows: list[str] | None = None
+    attacks: bool = True  # false: train and compare accuracy only (a later run adds the attacks)
 
 
 @dataclass
@@ -55,11 +66,13 @@ class ThreatRunConfig(FederatedRunConfig):
 
 
 def register() -> None:
-    """Make the schemas available to `defaults` lists: ahm_schema, ahm_paper_schema,
+    """Make the schemas available to `defaults` lists: ahm_schema, ahm_centralized_schema,
+    ahm_paper_schema,
     ahm_federated_schema and ahm_threat_schema; and the `data` group, one option per registered
     face source (`data=folder data.root=PATH`)."""
     store = ConfigStore.instance()
     store.store(name="ahm_schema", node=RunConfig)
+    store.store(name="ahm_centralized_schema", node=SeededRunConfig)
     store.store(name="ahm_paper_schema", node=PaperRunConfig)
     store.store(name="ahm_federated_schema", node=FederatedRunConfig)
     store.store(name="ahm_threat_schema", node=ThreatRunConfig)

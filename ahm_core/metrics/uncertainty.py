@@ -1,8 +1,10 @@
 """The uncertainty a figure carries: a 95% interval for a mean over folds (Student's t) and for a
 rate of successes (Wilson's score interval, which stays inside [0, 1] and is sound near 0 and 1,
 where re-identification rates live), a percentile bootstrap for a mean over victims (the attack
-indices), and McNemar's exact test of two methods judged on the same
-verification pairs: "A beats B" only when it says the difference is beyond noise.
+indices), McNemar's exact test of two methods judged on the same verification pairs, and the
+comparison of two rows over training seeds (the mean per-seed difference with its t interval and
+an exact sign-flip test): the within-run tests see one trained model per row, so they cannot see
+the run-to-run spread, which on CPU-scale runs is several points.
 
 Verification pairs share images and identities, and several victims share an identity, so those
 outcomes are not independent: the folds' t interval, Wilson's and McNemar's treat them as if they
@@ -196,3 +198,28 @@ def cluster_rate_interval(
     per_identity.index_add_(0, index, hits.double())
     trials = torch.bincount(index, minlength=counts.shape[1]).double()
     return _percentiles((counts @ per_identity) / (counts @ trials), level)
+
+
+def over_seeds(values: list[float]) -> dict[str, float | int | None]:
+    """A figure over training runs of different seeds: mean, run-to-run std (n - 1) and n; the
+    std is None for one run."""
+    n = len(values)
+    if not n:
+        raise ValueError("over_seeds: no runs")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n": n}
+
+
+def paired_seeds(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """Two rows compared over the seeds they share (a[i] and b[i] trained with seed i): the mean
+    difference A - B with its t interval over seeds, and the exact sign-flip permutation p (every
+    assignment of signs to the per-seed differences; its smallest value is 2 / 2**n)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_seeds: need as many runs of A as of B, got {len(a)} and {len(b)}")
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    n, mean = len(d), float(d.mean())
+    signs = torch.tensor([[1 - 2 * ((i >> j) & 1) for j in range(n)] for i in range(2**n)])
+    flipped = (signs * d.abs()).mean(dim=1).abs()
+    p = float((flipped >= abs(mean) - 1e-12).double().mean())
+    return {"difference": mean, "ci95": list(fold_interval(d, level)), "p": p, "n": n}

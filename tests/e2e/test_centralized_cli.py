@@ -56,3 +56,29 @@ def test_cli_bad_option_is_one_clear_error(tmp_path):
     done = run(tmp_path, "masking.method=rot13")
     assert done.returncode != 0
     assert "centralized: masking.method: unknown value 'rot13'" in done.stderr
+
+
+def test_cli_trains_each_seed_as_a_ray_task_and_reuses_finished_ones(tmp_path):
+    done = run(tmp_path, "seeds=[0,1]", "ray.cpus_per_cell=1")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    runs = {line["seed"]: line["verification_accuracy"] for line in lines if "seed" in line}
+    summary = lines[-1]
+    assert set(runs) == {0, 1} and summary["seeds"] == [0, 1] and summary["n"] == 2
+    assert summary["mean"] == sum(runs.values()) / 2
+    for seed in (0, 1):
+        metrics = json.loads((tmp_path / f"seed_{seed}" / "train" / "metrics.json").read_text())
+        assert metrics["config"]["train"]["seed"] == seed
+    again = run(tmp_path, "seeds=[0,1]")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count('"cached": true') == 2
+
+
+def test_cli_bad_seeds_or_ray_option_is_one_clear_error(tmp_path):
+    for bad, expected in (
+        ("seeds=[1,1]", "centralized: seeds: expected a count or a list of distinct"),
+        ("ray.cpus_per_cell=0", "centralized: ray.cpus_per_cell: expected a number above 0"),
+    ):
+        done = run(tmp_path, bad)
+        assert done.returncode != 0 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
