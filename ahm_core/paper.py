@@ -164,6 +164,7 @@ def write_tables(runs: dict[str, dict[int, dict]], out_dir: Path, cfg: AHMConfig
     masked = _masked(results)
     per_seed = {s: _scores({n: by_seed[s] for n, by_seed in runs.items()}) for s in seeds}
     summary = _over_seeds(runs, per_seed)
+    paired = _paired_seeds(per_seed, runs)
     scores = per_seed[seeds[0]]
     for name, bounds in score_intervals(
         {n: _resampled(r) for n, r in masked.items()}, cfg.train.seed
@@ -185,7 +186,7 @@ def write_tables(runs: dict[str, dict[int, dict]], out_dir: Path, cfg: AHMConfig
         intro,
         *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
         "",
-        *_seed_section(runs, summary, per_seed),
+        *_seed_section(runs, summary, paired),
         f"## Table 2: accuracy and privacy (the run of seed {seeds[0]})",
         "",
         Table(
@@ -307,7 +308,7 @@ def write_tables(runs: dict[str, dict[int, dict]], out_dir: Path, cfg: AHMConfig
         "absent_judges": absent,
         "seeds": seeds,
         "over_seeds": summary,
-        "paired_over_seeds": _paired_seeds(per_seed, runs),
+        "paired_over_seeds": paired,
         "runs": {n: {str(s): r for s, r in by_seed.items()} for n, by_seed in runs.items()},
     }
     return write_report(out_dir / "report.md", md, data)
@@ -393,10 +394,9 @@ def _verdict(a: str, b: str, test: dict | None) -> str:
     return f"{a} higher" if lo > 0 else f"{b} higher" if hi < 0 else "within run-to-run noise"
 
 
-def _seed_section(runs: dict, summary: dict, per_seed: dict) -> list[str | Table]:
+def _seed_section(runs: dict, summary: dict, paired: list[dict]) -> list[str | Table]:
     """The figures over seeds and the rows compared paired by seed: the verdicts' ground."""
     seeds = list(next(iter(runs.values())))
-    paired = _paired_seeds(per_seed, runs)
 
     def test_cell(test: dict | None) -> str:
         if test is None:
