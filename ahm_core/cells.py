@@ -114,6 +114,20 @@ def cached(cell: Cell) -> dict | None:
     return result if result.get("version") == ROW_VERSION and same else None
 
 
+def run_cells(cells: Sequence[Cell], runner: Runner) -> Iterator[tuple[Cell, dict, bool]]:
+    """Each cell with its result and whether it came from its cache: the cached ones first,
+    then the rest as `runner` finishes them."""
+    todo = []
+    for cell in cells:
+        hit = cached(cell)
+        if hit is None:
+            todo.append(cell)
+        else:
+            yield cell, hit, True
+    for cell, result in runner(run_cell, todo):
+        yield cell, result, False
+
+
 def _judge(cell: Cell) -> str | None:
     """The judge's checkpoint as seen from the cell's folder, so a moved study stays cached."""
     return None if cell.judge is None else os.path.relpath(cell.judge, cell.folder)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ahm_core.cells import Cell, Runner, cached, cell_config, run_cell, seed_list, sequential
+from ahm_core.cells import Cell, Runner, cell_config, run_cells, seed_list, sequential
 from ahm_core.config import AHMConfig, ConfigError, DataConfig
 from ahm_core.evaluate import identity_difference
 from ahm_core.io import atomic_write
@@ -112,19 +112,11 @@ def run_tables(
     with tqdm(total=total, desc="cells", unit="cell", disable=None) as bar:
 
         def run(cells: list[Cell]) -> None:
-            todo = []
-            for c in cells:
-                hit = cached(c)
-                if hit is None:
-                    todo.append(c)
-                    continue
-                results[c.row.name][c.seed] = hit
-                bar.update()
-                log(f"[{_done(results)}/{total}] {c.label}: cached, {_line(hit)}")
-            for c, result in runner(run_cell, todo):
+            for c, result, hit in run_cells(cells, runner):
                 results[c.row.name][c.seed] = result
                 bar.update()
-                log(f"[{_done(results)}/{total}] {c.label}: {_line(result)}")
+                cached = "cached, " if hit else ""
+                log(f"[{_done(results)}/{total}] {c.label}: {cached}{_line(result)}")
 
         arcface = next(row for row in rows if row.method == "arcface")
         run([cell(arcface, seeds[0], None)])

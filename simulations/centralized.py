@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ahm_core.cells import Cell, cached, run_cell, seed_list, seeded
+from ahm_core.cells import Cell, run_cells, seed_list, seeded
 from ahm_core.experiment import run_centralized
 from ahm_core.masking.methods import Row
 from ahm_core.metrics.uncertainty import over_seeds
@@ -43,15 +43,12 @@ def main(hcfg: DictConfig) -> None:
         Cell(row, s, seeded(cfg, s), out / f"seed_{s}", None, options["resume"])
         for s in seed_list(cfg, options["seeds"])
     ]
-    results = {c.seed: hit for c in cells if (hit := cached(c)) is not None}
-    for seed, result in results.items():
-        print(
-            json.dumps({"seed": seed, "verification_accuracy": result["accuracy"], "cached": True})
-        )
+    results = {}
     with ray_session(ray):
-        for cell, result in ray_runner(ray)(run_cell, [c for c in cells if c.seed not in results]):
+        for cell, result, hit in run_cells(cells, ray_runner(ray)):
             results[cell.seed] = result
-            print(json.dumps({"seed": cell.seed, "verification_accuracy": result["accuracy"]}))
+            line = {"seed": cell.seed, "verification_accuracy": result["accuracy"]}
+            print(json.dumps(line | ({"cached": True} if hit else {})))
     accuracy = over_seeds([results[c.seed]["accuracy"] for c in cells])
     print(json.dumps({"method": cfg.masking.method, "seeds": [c.seed for c in cells], **accuracy}))
 
