@@ -15,7 +15,7 @@ from ahm_core.judges import JUDGES
 from ahm_core.masking.first_stage import FIRST_STAGES
 from ahm_core.masking.methods import METHODS, mixing_ks
 from ahm_core.models.backbones import BACKBONES, check_stages, stage_blocks
-from ahm_core.policy import BASELINES, NETS, REWARDS
+from ahm_core.policy import BASELINES, CONTEXTS, NETS, REWARDS
 
 
 def validate(cfg: AHMConfig) -> AHMConfig:
@@ -27,6 +27,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
     check_choice("policy.net", cfg.policy.net, NETS)
     check_choice("policy.reward", cfg.policy.reward, REWARDS)
     check_choice("policy.baseline", cfg.policy.baseline, BASELINES)
+    check_choice("policy.context", cfg.policy.context, CONTEXTS)
     check_choice("federation.partition", cfg.federation.partition, SCHEMES)
     check_choice("federation.fault_mode", cfg.federation.fault_mode, MODES)
     check_choice("attack.gi_objective", cfg.attack.gi_objective, OBJECTIVES)

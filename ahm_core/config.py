@@ -95,7 +95,10 @@ class PolicyConfig:
     k_set: tuple[int, ...] = (2, 3, 4, 5)
     net: str = "resnet18"  # the strategy network: resnet18 (docs/design.md D6) | small (CPU scale)
     per_sample: bool = True  # one k per sample (eq. 8); False: one k for the whole batch
-    reward: str = "margin_free"  # ahm_core.policy.REWARDS: loss (Algorithm 1's) | margin_free
+    # ahm_core.policy.REWARDS: loss (Algorithm 1's) | margin_free | kl (margin_free less its floor)
+    reward: str = "margin_free"
+    # ahm_core.policy.CONTEXTS: one PMF per batch (the paper's) | sample (one PMF per face)
+    context: str = "batch"
     baseline: str = "moving_average"  # moving_average | batch_mean (leave-one-out, per-sample k)
     alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
     beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
@@ -103,6 +106,10 @@ class PolicyConfig:
     entropy: float = field(default=1e-3, metadata={"min": 0.0})
     baseline_momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     interval: int = field(default=1, metadata=_positive())
+    # >= 0: maximise the mixing entropy while FRNet1's loss stays within this many nats of its
+    # loss at the smallest k (a Lagrange multiplier, updated online); negative: no budget.
+    loss_budget: float = -1.0
+    multiplier_lr: float = field(default=0.05, metadata={"min_open": 0.0})  # per nat of excess
 
 
 @dataclass
@@ -289,6 +296,17 @@ def check_schema(cfg: AHMConfig) -> AHMConfig:
         raise ConfigError(
             "policy.baseline: batch_mean needs policy.per_sample=true (with one k per batch every "
             "sample's advantage over the others' mean sums to zero); expected moving_average"
+        )
+    if cfg.policy.context == "sample" and not cfg.policy.per_sample:
+        raise ConfigError(
+            "policy.context: sample draws each face's k from its own PMF, so it needs "
+            "policy.per_sample=true; expected batch"
+        )
+    if cfg.policy.loss_budget >= 0 and (cfg.policy.alpha, cfg.policy.beta) != (1.0, 1.0):
+        raise ConfigError(
+            "policy.loss_budget: a budgeted policy is rewarded with the mixing entropy less the "
+            "multiplier times FRNet1's loss, so policy.alpha and policy.beta do not apply; "
+            "expected 1 and 1"
         )
     if "own" not in cfg.attack.judges:
         raise ConfigError("attack.judges: must include own (the paper's scores use its features)")

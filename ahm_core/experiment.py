@@ -14,7 +14,12 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor
+
 from ahm_core.config import AHMConfig, ConfigError, to_dict
+from ahm_core.data.base import FaceSet
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.data.sources import run_data
 from ahm_core.evaluate import benchmark_line
@@ -22,12 +27,13 @@ from ahm_core.io import atomic_write
 from ahm_core.masking import MaskingPipeline
 from ahm_core.masking.methods import METHODS
 from ahm_core.masking.pipeline import masking_for_run
-from ahm_core.plots import save_k_shares
+from ahm_core.plots import save_k_shares, save_scatter
 from ahm_core.runs import count_ks, shares
 from ahm_core.train import Trainer
 
 log = logging.getLogger(__name__)
 MARKED_EPOCHS = 20  # the k-dynamics plot marks epoch boundaries in runs of fewer epochs
+CONDITIONED_FACES = 1024  # training faces on which a per-face policy's choices are shown
 
 
 def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) -> dict:
@@ -77,7 +83,62 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
         metrics = _write_metrics(
             out_dir, cfg, masking, history, checkpoint, time.perf_counter() - start
         )
+    if trainer.policy is not None and trainer.policy.per_image:
+        metrics["k_conditioning"] = k_conditioning(trainer, data.faces, data.train, data.labels)
+        metrics["k_conditioning"]["plot"] = str(
+            save_k_conditioning(out_dir / "k_conditioning.png", cfg, metrics["k_conditioning"])
+        )
+        text = json.dumps(metrics, indent=2)
+        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     return metrics
+
+
+@torch.no_grad()
+def k_conditioning(trainer: Trainer, faces: FaceSet, items: Tensor, labels: Tensor) -> dict:
+    """What a per-face policy conditions on: for up to `CONDITIONED_FACES` training faces, in
+    whole training batches (its BatchNorm normalises over the batch), the expected k of each
+    face's PMF against the trained recogniser's confidence on the unmixed masked face (the cosine
+    to its own class centre), with Spearman's rank correlation and its p-value."""
+    size = trainer.cfg.train.batch_size
+    n = min(len(items), CONDITIONED_FACES) // size * size
+    generator = torch.Generator().manual_seed(trainer.cfg.train.seed)  # the masking's noise
+    k_values = torch.tensor(trainer.policy.k_set, dtype=torch.float32)
+    trainer.backbone.eval()
+    expected, confidence = [], []
+    for start in range(0, n, size):
+        batch = items[start : start + size]
+        images = faces.images_uint8(batch).to(trainer.device).float().div_(255.0)
+        x = trainer.masking.encode(images, generator)
+        expected.append(trainer.policy.pmf(x).cpu() @ k_values)
+        with trainer.autocast():
+            cosine = trainer.head.cosine(trainer.backbone(trainer.layout(x)))
+        own = labels[start : start + size].to(trainer.device)[:, None]
+        confidence.append(cosine.gather(1, own)[:, 0].float().cpu())
+    ks, conf = torch.cat(expected), torch.cat(confidence)
+    rho, p = spearmanr(conf.numpy(), ks.numpy()) if n > 2 else (float("nan"), float("nan"))
+    return {
+        "faces": n,
+        "spearman": round(float(rho), 4),
+        "spearman_p": float(p),
+        "expected_k": [round(float(k), 4) for k in ks],
+        "confidence": [round(float(c), 4) for c in conf],
+    }
+
+
+def save_k_conditioning(path: Path, cfg: AHMConfig, found: dict) -> Path:
+    """The per-face policy's expected k against the recogniser's confidence, one dot a face."""
+    title = (
+        f"per-face policy ({cfg.policy.reward}): Spearman {found['spearman']:+.3f} "
+        f"(p {found['spearman_p']:.2g}, {found['faces']} training faces)"
+    )
+    return save_scatter(
+        path,
+        found["confidence"],
+        found["expected_k"],
+        "recogniser's cosine to the face's own class (unmixed, masked)",
+        "expected k of the face's PMF",
+        title,
+    )
 
 
 def _write_metrics(

@@ -83,6 +83,40 @@ def save_k_shares(
     return written
 
 
+def save_scatter(
+    path: str | os.PathLike,
+    x: Sequence[float],
+    y: Sequence[float],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    bins: int = 10,
+) -> Path:
+    """One dot per point, with the mean of y in `bins` equal-count bins of x drawn over them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    chunks = [
+        c
+        for c in (order[i * len(order) // bins : (i + 1) * len(order) // bins] for i in range(bins))
+        if c
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.scatter(x, y, s=6, alpha=0.35, color="tab:blue", label="face")
+    means = [(sum(x[i] for i in c) / len(c), sum(y[i] for i in c) / len(c)) for c in chunks]
+    ax.plot(*zip(*means, strict=True), color="black", marker="o", label=f"mean over {bins} bins")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return written
+
+
 def save_frequency_grid(path: str | os.PathLike, values: Tensor, title: str) -> Path:
     """A value per block-DCT frequency on the 8x8 grid (64 values, NaN where none, as DC), each
     cell annotated: where a first stage puts its budget."""

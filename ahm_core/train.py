@@ -7,10 +7,14 @@ with R = alpha * reward1 + beta * reward2: reward1 is the per-sample loss of the
 forward pass (no recomputation), reward2 the loss of the network after its SGD step on the same
 batch, which is the one-step lookahead FRNet1 of D6 without a copy (that extra forward leaves the
 BatchNorm statistics untouched and drops no units). The loss is `policy.reward`'s: Algorithm 1's
-or the margin-free one, both from the same forward. The PMF (one per batch) is computed on each
-update step's batch, so that update's k come from it, and reused until the next update: the
-strategy network costs one forward and one forward-backward per `policy.interval` steps. Every
-PMF is kept: the epoch's metrics list them (`pmfs`), the policy's dynamics.
+the margin-free one or its excess over the mixed label's entropy (`kl`), all from the same forward.
+With `policy.loss_budget`, one more forward of the updated network on the same images mixed at the
+smallest k gives the budget's reference loss. The batch's PMF (`policy.context=batch`) is computed
+on each update step's batch, so that update's k come from it, and reused until the next update:
+the strategy network costs one forward and one forward-backward per `policy.interval` steps; per-
+face PMFs (`sample`) are computed on every batch. Every update's PMF (per face: their mean) is
+kept: the epoch's metrics list them (`pmfs`), the policy's dynamics, with the budget's multiplier
+at every update (`multipliers`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ahm_core.evaluate import evaluate_verification
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
+from ahm_core.models.heads import label_entropy
 from ahm_core.policy import REWARDS, build_policy
 
 PROGRESS_EVERY = 10  # batches between progress-bar updates (each reads back from the device)
@@ -146,7 +151,8 @@ class Trainer:
         # Extra terms added to the mean FR loss of every step, e.g. FedProx's proximal term.
         self.loss_terms: list[Callable[[Trainer], Tensor]] = []
         self._pmf: Tensor | None = None  # the policy's PMF, reused until its next update
-        self.pmfs: list[Tensor] = []  # every PMF computed this epoch, on the CPU
+        self.pmfs: list[Tensor] = []  # every update's PMF this epoch, on the CPU
+        self.multipliers: list[Tensor] = []  # the loss budget's multiplier after every update
         self.updates = 0  # policy updates this epoch
 
     @property
@@ -158,6 +164,11 @@ class Trainer:
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def layout(self, x: Tensor) -> Tensor:
+        """x in the backbone's memory format (channels-last on CUDA)."""
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     def train_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """One SGD step on uint8 or [0, 1] images [B, 3, H, W]; returns per-sample losses."""
@@ -174,14 +185,19 @@ class Trainer:
         if self.policy is not None:
             # One PMF per batch, and batches differ little: computed on each update step's batch,
             # reused until the next, and kept on the CPU, where the ks are drawn and the mixing
-            # coefficients made.
-            if update or self._pmf is None:
-                self._pmf = self.policy.pmf(x.detach()).cpu()
-                self.pmfs.append(self._pmf)
-            ks = self.policy.sample(x.detach(), pmf=self._pmf)
+            # coefficients made. Per-face PMFs are of this batch's faces.
+            if self.policy.per_image:
+                pmf = self.policy.pmf(x.detach()).cpu()
+                if update:
+                    self.pmfs.append(pmf.mean(dim=0))
+            else:
+                if update or self._pmf is None:
+                    self._pmf = self.policy.pmf(x.detach()).cpu()
+                    self.pmfs.append(self._pmf)
+                pmf = self._pmf
+            ks = self.policy.sample(x.detach(), pmf=pmf)
         mixed = self.masking.mix(x, labels, ks, self.generator)
-        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        inputs = mixed.x.contiguous(memory_format=fmt)
+        inputs = self.layout(mixed.x)
         with self.autocast():
             embeddings = self.backbone(inputs)
             if update:  # the policy's reward needs both losses of this forward
@@ -207,12 +223,28 @@ class Trainer:
         if update:
             with torch.no_grad(), lookahead_mode(self.backbone), self.autocast():
                 ahead = self.head.losses(self.backbone(inputs), mixed.labels, mixed.coefs)
-            now, later = both[self._reward], ahead[self._reward]
-            rewards = self.policy.reward(now.detach().float(), later.float())
+            later = ahead[self._reward].float()
+            if self.policy.budgeted:
+                reference = self._reference_loss(x.detach(), labels)
+                mixing = label_entropy(mixed.labels, mixed.coefs)
+                rewards = self.policy.budgeted_reward(mixing, later, reference)
+            else:
+                rewards = self.policy.reward(both[self._reward].detach().float(), later)
             self.last_policy_update = self.policy.update(x.detach(), ks, rewards)
+            self.multipliers.append(self.last_policy_update["multiplier"])
             self.updates += 1
         self.step += 1
         return losses.detach()
+
+    @torch.no_grad()
+    def _reference_loss(self, x: Tensor, labels: Tensor) -> Tensor:
+        """The updated network's loss [N] on the batch mixed at the smallest k of the policy's
+        set: what the loss budget is measured from."""
+        ks = torch.full((len(x),), min(self.cfg.policy.k_set), dtype=torch.long)
+        mixed = self.masking.mix(x, labels, ks, self.generator)
+        with lookahead_mode(self.backbone), self.autocast():
+            embeddings = self.backbone(self.layout(mixed.x))
+            return self.head.losses(embeddings, mixed.labels, mixed.coefs)[self._reward].float()
 
     def seek(self, epoch: int) -> None:
         """Continue from the start of `epoch`: its learning rate and its shuffle (a federated
@@ -245,7 +277,7 @@ class Trainer:
         self.head.train()
         if self.policy is not None:
             self.policy.reset_histogram()
-            self.pmfs, self.updates = [], 0
+            self.pmfs, self.multipliers, self.updates = [], [], 0
         batches = self.loader(faces, items, labels)
         bar = tqdm(
             batches,
@@ -282,6 +314,8 @@ class Trainer:
             metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}
             metrics["pmfs"] = [[round(p, 5) for p in pmf.tolist()] for pmf in self.pmfs]
             metrics["policy_updates"] = self.updates
+            if self.policy.budgeted:
+                metrics["multipliers"] = [round(float(m), 5) for m in self.multipliers]
             metrics["policy"] = {k: float(v) for k, v in self.last_policy_update.items()}
         return metrics
 

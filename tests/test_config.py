@@ -69,6 +69,11 @@ BAD = [
         "(1/2, 1]",
     ),
     ({"masking.method": "rot13"}, "masking.method", "unknown value 'rot13'"),
+    ({"policy.context": "pixel"}, "policy.context", "unknown value 'pixel'"),
+    ({"policy.reward": "entropy"}, "policy.reward", "unknown value 'entropy'"),
+    ({"policy.context": "sample", "policy.per_sample": False}, "policy.context", "per_sample"),
+    ({"policy.loss_budget": 0.2, "policy.beta": 0.0}, "policy.loss_budget", "alpha and"),
+    ({"policy.multiplier_lr": 0.0}, "policy.multiplier_lr", "> 0"),
     ({"model.backbone": "vgg"}, "model.backbone", "unknown value 'vgg'"),
     ({"masking.keys": "random"}, "masking.keys", "unknown"),
     (

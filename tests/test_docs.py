@@ -126,3 +126,11 @@ def test_the_readme_starts_with_the_two_commands_and_links_only_files_that_exist
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme):
         if "://" not in target:
             assert (ROOT / target).exists(), f"README links {target}, which does not exist"
+
+
+def test_the_reward_floor_table_is_the_one_the_code_prints():
+    from simulations.reward_floors import floor_table
+
+    text = (ROOT / "docs" / "reproduction.md").read_text()
+    shown = text.split("<!-- reward-floors -->\n")[1].split("\n<!-- /reward-floors -->")[0]
+    assert shown == floor_table([2, 3, 4, 5, 6], 0.55, 100_000, 0)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ahm_core.config import ModelConfig
 from ahm_core.models import ArcFace, MixUpArcFace, build_backbone, build_head
-from ahm_core.models.heads import SIN_EPS
+from ahm_core.models.heads import SIN_EPS, label_entropy
 
 
 def small_cfg(**kw):
@@ -223,3 +223,24 @@ def test_tiny_network_overfits():
     net.eval()
     with torch.no_grad():
         assert torch.equal(head.cosine(net(x)).argmax(dim=1), labels)
+
+
+def test_label_entropy_merges_components_of_one_identity_and_ignores_absent_ones():
+    labels = torch.tensor([[0, 1, 0], [3, 3, 7], [5, 6, 9]])
+    coefs = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [0.2, 0.3, 0.5]])
+    expected = [math.log(2), math.log(2), -sum(c * math.log(c) for c in (0.2, 0.3, 0.5))]
+    torch.testing.assert_close(label_entropy(labels, coefs), torch.tensor(expected))
+
+
+def test_the_kl_reward_is_the_kl_divergence_of_the_recogniser_from_the_mixed_label():
+    torch.manual_seed(0)
+    head = MixUpArcFace(5, 8, scale=4.0, margin=0.5)
+    embeddings = torch.randn(3, 8)
+    labels, coefs = torch.tensor([[0, 1], [2, 2], [3, 4]]), torch.tensor([[0.6, 0.4]] * 3)
+    _, free, kl = head.losses(embeddings, labels, coefs)
+    p = torch.softmax(head.cosine(embeddings) * 4.0, dim=1)
+    q = torch.zeros(3, 5).scatter_add(1, labels, coefs)
+    by_hand = (q * (q.clamp_min(1e-30).log() - p.log())).sum(dim=1)
+    torch.testing.assert_close(kl, by_hand)
+    assert bool((kl >= 0).all()) and bool((kl[[0, 2]] < free[[0, 2]]).all())
+    torch.testing.assert_close(kl[1], free[1])  # one identity: no floor to take off

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from ahm_core.config import PolicyConfig
-from ahm_core.policy import AdaptivePolicy, StrategyNet, build_policy, combine_rewards
+from ahm_core.policy import (
+    AdaptivePolicy,
+    StrategyNet,
+    build_policy,
+    combine_rewards,
+    mixing_floors,
+)
 
 K_SET = (2, 3, 4, 5)
 C = 63
@@ -244,3 +250,83 @@ def test_load_state_dict_refuses_another_candidate_set():
     other = make_policy(k_set=(2, 3, 4, 6))
     with pytest.raises(ValueError, match="k_set"):
         other.load_state_dict(state)
+
+
+def test_a_per_face_policy_gives_each_image_its_own_pmf_and_draw():
+    policy = make_policy(net="small", context="sample")
+    x = batch(n=6, size=16)
+    pmf = policy.pmf(x)
+    assert pmf.shape == (6, len(K_SET))
+    torch.testing.assert_close(pmf.sum(dim=1), torch.ones(6))
+    assert not torch.allclose(pmf[0], pmf[1])  # the images differ, so do their PMFs
+    # Row i certain of k = K_SET[i % 4]: each image's k comes from its own row.
+    rows = torch.eye(len(K_SET))[[i % len(K_SET) for i in range(6)]]
+    ks = policy.sample(x, torch.Generator().manual_seed(0), pmf=rows)
+    assert ks.tolist() == [K_SET[i % len(K_SET)] for i in range(6)]
+    assert policy.histogram() == {2: 2, 3: 2, 4: 1, 5: 1}
+
+
+def test_a_per_face_update_takes_each_sample_s_log_probability_from_its_own_row():
+    policy = make_policy(net="small", context="sample", entropy=0.0, lr=1e-2)
+    x = batch(n=4, size=16)
+    ks = torch.tensor([2, 3, 4, 5])
+    rewards = torch.tensor([1.0, -1.0, 0.0, 0.0])
+    logits = policy.net(x)
+    chosen = torch.log_softmax(logits, dim=1)[torch.arange(4), torch.tensor([0, 1, 2, 3])]
+    expected = -((rewards - rewards.mean()) * chosen).mean()  # first call: b = mean reward
+    stats = policy.update(x, ks, rewards)
+    torch.testing.assert_close(stats["loss"], expected.detach())
+    after = policy.pmf(x)
+    before = torch.softmax(logits.detach(), dim=1)
+    assert after[0, 0] > before[0, 0] and after[1, 1] < before[1, 1]
+
+
+def test_a_per_face_context_needs_per_sample_k():
+    with pytest.raises(ValueError, match="per-sample"):
+        make_policy(context="sample", per_sample=False)
+    with pytest.raises(ValueError, match="context"):
+        StrategyNet(C, len(K_SET), "small", "pixel")
+
+
+def test_the_budget_s_multiplier_rises_past_the_budget_and_falls_back_to_zero_within_it():
+    policy = make_policy(loss_budget=0.5, multiplier_lr=0.1)
+    assert policy.budgeted and policy.multiplier == 0.0
+    mixing, reference = torch.tensor([0.7, 1.5]), torch.tensor([2.0, 2.2])  # mean 2.1
+    # Loss 1.0 over budget at both samples: lambda 0 pays the mixing entropy alone, then rises.
+    rewards = policy.budgeted_reward(mixing, torch.tensor([3.6, 3.6]), reference)
+    torch.testing.assert_close(rewards, mixing)
+    assert policy.multiplier == pytest.approx(0.1)
+    rewards = policy.budgeted_reward(mixing, torch.tensor([3.6, 2.6]), reference)
+    torch.testing.assert_close(rewards, mixing - 0.1 * torch.tensor([1.0, 0.0]))
+    assert policy.multiplier == pytest.approx(0.15)
+    for _ in range(3):  # 1 nat inside the budget: projected back to 0, never below
+        policy.budgeted_reward(mixing, torch.tensor([1.6, 1.6]), reference)
+    assert policy.multiplier == 0.0
+    stats = policy.update(batch(n=2, size=16), torch.tensor([2, 5]), rewards)
+    assert float(stats["multiplier"]) == 0.0 and float(stats["excess"]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        policy.budgeted_reward(mixing, torch.ones(3), reference)
+    with pytest.raises(ValueError, match="loss_budget"):
+        make_policy().budgeted_reward(mixing, mixing, reference)
+
+
+def test_the_multiplier_survives_a_checkpoint():
+    policy = make_policy(loss_budget=0.0)
+    policy.budgeted_reward(torch.ones(2), torch.full((2,), 5.0), torch.ones(2))
+    state = copy.deepcopy(policy.state_dict())
+    fresh = make_policy(loss_budget=0.0)
+    fresh.load_state_dict(state)
+    assert fresh.multiplier == policy.multiplier > 0
+    del state["multiplier"]  # a checkpoint from before the budget: its multiplier was 0
+    fresh.load_state_dict(state)
+    assert fresh.multiplier == 0.0
+
+
+def test_mixing_floors_are_the_mixed_label_s_entropy_rising_with_k():
+    floors = mixing_floors(range(2, 7), 0.55, samples=20_000)
+    entropies = [floors[k]["entropy"] for k in range(2, 7)]
+    sums = [floors[k]["sum_sq"] for k in range(2, 7)]
+    assert entropies == sorted(entropies) and sums == sorted(sums, reverse=True)
+    assert entropies[0] < math.log(2) and entropies[-1] < math.log(6)  # below uniform weights
+    assert entropies == pytest.approx([0.69, 1.00, 1.21, 1.39, 1.55], abs=0.01)
+    assert floors == mixing_floors(range(2, 7), 0.55, samples=20_000)  # deterministic

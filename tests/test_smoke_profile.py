@@ -42,3 +42,27 @@ def test_smoke_profile_reports_masking_mixup(k, tmp_path, capsys):
                 }
             )
         )
+
+
+def test_a_per_face_policy_with_the_kl_reward_under_a_loss_budget_trains_in_the_smoke_profile(
+    tmp_path,
+):
+    overrides = [
+        "masking.method=masking_adamixup",
+        "policy.reward=kl",
+        "policy.context=sample",
+        "policy.loss_budget=0.1",
+        "policy.net=small",
+        "train.epochs=2",
+    ]
+    metrics = run_centralized(smoke_config(*overrides), tmp_path)
+    assert 0.0 <= metrics["verification_accuracy"] <= 1.0
+    assert sum(metrics["k_proportions"].values()) == pytest.approx(1.0, abs=1e-3)
+    for epoch in metrics["history"]:  # the budget's multiplier after every update
+        assert len(epoch["multipliers"]) == epoch["policy_updates"] > 0
+        assert all(m >= 0 for m in epoch["multipliers"])
+    found = metrics["k_conditioning"]
+    assert found["faces"] == len(found["expected_k"]) == len(found["confidence"]) == 1024
+    assert all(2 <= k <= 6 for k in found["expected_k"]) and -1 <= found["spearman"] <= 1
+    assert (tmp_path / "k_conditioning.png").stat().st_size > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["k_conditioning"] == found

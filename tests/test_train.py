@@ -52,6 +52,38 @@ def test_adaptive_training_logs_k_and_updates_the_policy():
     assert 0.0 <= report["accuracy"] <= 1.0 and report["pairs"] == len(split.pairs)
 
 
+def test_a_per_face_policy_under_a_loss_budget_trains_and_logs_its_multiplier():
+    cfg = tiny(
+        "masking_adamixup",
+        **{"policy.context": "sample", "policy.loss_budget": 0.0, "policy.reward": "kl"},
+    )
+    faces, split, labels, trainer = setup(cfg)
+    drawn, mixes, budgeted = [], [], []
+    sample, mix, budget = trainer.policy.sample, trainer.masking.mix, trainer.policy.budgeted_reward
+    trainer.policy.sample = lambda x, g=None, pmf=None: drawn.append(pmf) or sample(x, g, pmf)
+    trainer.masking.mix = lambda x, y, ks, g: mixes.append(ks.clone()) or mix(x, y, ks, g)
+    trainer.policy.budgeted_reward = lambda *a: budgeted.append(a) or budget(*a)
+    metrics = trainer.train_epoch(faces, split.train, labels)
+    steps = len(split.train) // 16
+    assert all(pmf.shape == (16, 3) for pmf in drawn) and len(drawn) == steps  # every batch
+    # Each update adds the reference: the same faces mixed at the smallest k, 2.
+    updates = math.ceil(steps / 2)
+    assert len(mixes) == steps + updates
+    assert sum(bool((ks == 2).all()) for ks in mixes) >= updates
+    assert metrics["policy_updates"] == updates
+    assert len(metrics["pmfs"]) == len(metrics["multipliers"]) == updates
+    for pmf in metrics["pmfs"]:  # the mean of the batch's per-face PMFs
+        assert sum(pmf) == pytest.approx(1.0, abs=1e-4)
+    assert all(m >= 0 for m in metrics["multipliers"])
+    assert metrics["policy"]["multiplier"] == metrics["multipliers"][-1]
+    # The budget's reward: each mixed label's entropy (at most log 4 for k <= 4, 0 for one
+    # identity), against FRNet1's loss on the policy's mix and on the k = 2 reference.
+    for mixing, loss, reference in budgeted:
+        assert mixing.shape == loss.shape == reference.shape == (16,)
+        assert bool((mixing >= 0).all()) and bool((mixing <= math.log(4) + 1e-5).all())
+        assert not torch.equal(loss, reference)
+
+
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     cfg = tiny("masking_adamixup")
     faces, split, labels, straight = setup(cfg)
@@ -91,7 +123,7 @@ def test_lookahead_mode_freezes_batchnorm_statistics_and_drops_no_units():
     assert not torch.equal(net(x), net(x))  # dropout is back
 
 
-@pytest.mark.parametrize("reward", ["loss", "margin_free"])
+@pytest.mark.parametrize("reward", ["loss", "margin_free", "kl"])
 def test_the_policy_is_rewarded_with_the_configured_loss_of_both_networks(reward, faces_and_labels):
     faces, train, (labels, classes) = faces_and_labels
     cfg = tiny("masking_adamixup", **{"policy.reward": reward, "policy.interval": 1})
@@ -110,11 +142,19 @@ def test_the_policy_is_rewarded_with_the_configured_loss_of_both_networks(reward
     trainer.head.losses = head_losses
     trainer.policy.reward = combine
     trainer.train_step(faces.images_uint8(train[:16]), labels[:16])
-    (step_margin, step_free), (ahead_margin, ahead_free) = seen["losses"]
-    which = {"loss": (step_margin, ahead_margin), "margin_free": (step_free, ahead_free)}
+    (step_margin, step_free, step_kl), (ahead_margin, ahead_free, ahead_kl) = seen["losses"]
+    which = {
+        "loss": (step_margin, ahead_margin),
+        "margin_free": (step_free, ahead_free),
+        "kl": (step_kl, ahead_kl),
+    }
     for got, expected in zip(seen["rewards"], which[reward], strict=True):
         torch.testing.assert_close(got, expected.float())
     assert bool((step_free < step_margin).all())  # the margin only ever raises the loss
+    # kl is the margin-free loss less its floor, the mixed label's entropy (0 where every
+    # component is of one identity): at least 0, and below margin_free wherever labels differ.
+    assert bool((step_kl >= 0).all()) and bool((step_kl <= step_free).all())
+    assert bool((step_kl < step_free).any())
 
 
 def test_each_update_takes_log_probabilities_from_the_pmf_its_k_were_drawn_from(faces_and_labels):

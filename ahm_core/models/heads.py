@@ -10,7 +10,9 @@ the one-component case (l = 1). The margin math runs in float32, also under bf16
 
 `losses` also gives the margin-free MixUp loss, sum_j l_ij * CE(s * cos_i, y_ij) (m = 0, same
 scale and cosines): the adaptive policy's `margin_free` reward, free of the margin term that
-Algorithm 1 weights by l_ij twice (once in the logits, once in the loss).
+Algorithm 1 weights by l_ij twice (once in the logits, once in the loss); and that loss less the
+entropy of the mixed label q_i (the `kl` reward, KL(q_i || softmax(s * cos_i)) >= 0): what is left
+once the floor that every recogniser pays at that mixing, H(q_i), is taken off.
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ class MixUpArcFace(nn.Module):
         """Per-sample loss [N]: sum_j coefs[:, j] * CE(logits, labels[:, j])."""
         return _soft_cross_entropy(self._logits(embeddings, labels, coefs), labels, coefs)
 
-    def losses(self, embeddings: Tensor, labels: Tensor, coefs: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample Algorithm 1 loss and margin-free loss [N] (m = 0), from one cosine."""
+    def losses(
+        self, embeddings: Tensor, labels: Tensor, coefs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample Algorithm 1 loss, margin-free loss (m = 0) and that less the mixed label's
+        entropy, each [N], from one cosine (the order of `ahm_core.policy.REWARDS`)."""
         cos, logits = self._cos_logits(embeddings, labels, coefs)
         free = _soft_cross_entropy(cos * self.scale, labels, coefs)
-        return _soft_cross_entropy(logits, labels, coefs), free
+        return _soft_cross_entropy(logits, labels, coefs), free, free - label_entropy(labels, coefs)
 
     # Subclasses narrow `logits`/`forward`; both call this one implementation.
     def _logits(self, embeddings: Tensor, labels: Tensor, coefs: Tensor) -> Tensor:
@@ -109,6 +114,15 @@ def _soft_cross_entropy(logits: Tensor, labels: Tensor, coefs: Tensor) -> Tensor
     """sum_j coefs[:, j] * CE(logits, labels[:, j]) per sample, [N]."""
     log_probs = F.log_softmax(logits, dim=1)
     return -(coefs.float() * log_probs.gather(1, labels)).sum(dim=1)
+
+
+def label_entropy(labels: Tensor, coefs: Tensor) -> Tensor:
+    """H(q_i) in nats [N] of each sample's mixed label q_i (coefs of components sharing a label
+    add up): the least soft-label cross-entropy any recogniser can reach on that sample."""
+    same = labels[:, :, None] == labels[:, None, :]  # [N, k, k]: components j, j' share a label
+    merged = (same * coefs.float()[:, None, :]).sum(dim=2)  # q at component j's label
+    terms = coefs.float() * merged.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return -terms.sum(dim=1)
 
 
 def _single(labels: Tensor) -> tuple[Tensor, Tensor]:
