@@ -110,7 +110,7 @@ def dominant_sources(coefs: Tensor, index: Tensor) -> Tensor:
     return index.gather(1, best).squeeze(1)
 
 
-def _attack_ks(
+def attack_ks(
     pipeline: MaskingPipeline,
     k_proportions: Mapping[int, float] | None,
     n: int,
@@ -146,7 +146,7 @@ def mask_for_attack(
     """
     n = len(images)
     labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels
-    ks = _attack_ks(pipeline, k_proportions, n, generator)
+    ks = attack_ks(pipeline, k_proportions, n, generator)
     mixed = pipeline.mix(pipeline.encode(images, generator), labels, ks, generator)
     sources = dominant_sources(mixed.coefs, mixed.index)
     return AttackSet(

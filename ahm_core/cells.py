@@ -28,7 +28,7 @@ from ahm_core.masking.methods import Row
 from ahm_core.scoring import measure_privacy
 from ahm_core.train import resolve_device
 
-ROW_VERSION = 6  # a cached row of another version lacks what the report now prints
+ROW_VERSION = 7  # a cached row of another version lacks what the report now prints, or differs
 # What an adaptive row keeps of its run's metrics (None for the other rows): Table 3 and dynamics.
 POLICY_KEYS = ("k_proportions", "k_proportions_final_epoch", "policy_updates", "k_dynamics")
 SHOWN = frozenset({"train.progress", "train.workers"})  # how a run shows and loads, not what it is

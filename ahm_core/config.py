@@ -440,6 +440,9 @@ def from_flat(flat: dict[str, Any]) -> AHMConfig:
 
 # What a resumed run may change: how long it runs and how it shows progress, not what it computes.
 RESUMABLE = frozenset({"train.epochs", "federation.rounds", "train.progress", "train.workers"})
+# Options added since earlier checkpoints whose default computes what the code computed before
+# them (a checkpoint without them resumes at that default); any other absent option refuses.
+ADDED_AS_BEFORE = frozenset({"policy.context", "policy.loss_budget", "policy.multiplier_lr"})
 UNTRAINED = ("attack.",)  # sections training never reads: the attacks of a finished run
 
 
@@ -457,14 +460,17 @@ def refuse_changed_config(
 ) -> None:
     """Raise ConfigError naming each option (outside RESUMABLE and the attack section, which
     training never reads) in which `cfg` differs from the config a checkpoint was written with
-    (`to_dict` shape): a resume must not mix two runs."""
+    (`to_dict` shape): a resume must not mix two runs. An option of `ADDED_AS_BEFORE` that the
+    checkpoint lacks is no change at its default, which is what the code did before it."""
     before, now = _flatten(saved), _flatten(to_dict(cfg))
+    defaults = _flatten(to_dict(AHMConfig()))
     changed = [
         f"{key} {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
         for key in sorted(set(before) | set(now))
         if key not in RESUMABLE
         and not key.startswith(UNTRAINED)
         and before.get(key) != now.get(key)
+        and not (key in ADDED_AS_BEFORE and key not in before and now[key] == defaults[key])
     ]
     if changed:
         raise ConfigError(

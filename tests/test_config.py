@@ -239,6 +239,12 @@ def test_a_resume_names_every_option_that_changed():
     refuse_changed_config("run/checkpoint.pt", saved, attacked)  # training never reads attack.*
     del saved["attack"]["judges"]  # nor an attack option a newer schema added
     refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())
+    for key in ("context", "loss_budget", "multiplier_lr"):  # added with the old behaviour
+        del saved["policy"][key]
+    refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())
+    per_face = apply_overrides(AHMConfig(), {"policy.context": "sample"})
+    with pytest.raises(ConfigError, match=r"policy\.context '\(absent\)' -> 'sample'"):
+        refuse_changed_config("run/checkpoint.pt", saved, per_face)
     del saved["data"]["max_pixels"]  # a checkpoint of an older schema
     with pytest.raises(ConfigError, match=r"data\.max_pixels '\(absent\)' -> 25000000"):
         refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())

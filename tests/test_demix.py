@@ -15,7 +15,10 @@ from ahm_core.attacks import (
     remove_plane,
     similarity_graph,
 )
+from ahm_core.attacks.demix import KeylessDemixing
+from ahm_core.cases import build_case
 from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.data.synthetic import render_faces
 from ahm_core.masking import PPFRFD, build_masking, instahide, mixup, to_gray
 from ahm_core.masking.mixup import Mixed
@@ -159,3 +162,39 @@ def test_bad_arguments():
         DemixOptions(min_link=0.0)
     with pytest.raises(ValueError, match="assignment"):
         recover_components(torch.zeros(3, 4), torch.zeros(2, 2, dtype=torch.long))
+
+
+def demix_case(tmp_path, method: str, proportions=None, **extra):
+    overrides = {
+        "data.num_identities": 40,
+        "data.images_per_identity": 4,
+        "data.image_size": 32,
+        "masking.method": method,
+        "attack.victims": 24,
+        "attack.aux_images": 8,
+        "attack.gallery_per_identity": 1,
+        "attack.demix_images": 24,
+        **extra,
+    }
+    cfg = apply_overrides(AHMConfig(), overrides)
+    faces = load_faces(cfg.data)
+    split = verification_split(faces.labels, cfg.data)
+    return build_case(
+        cfg, faces, split.train, split.pairs, tmp_path, torch.device("cpu"), proportions
+    )
+
+
+def test_the_demixing_attack_mixes_at_the_defence_s_k_and_gets_less_from_larger_k(tmp_path):
+    """Keyless: the same mixing and demixing as `demix`, without the minutes of key inversion."""
+    found = {}
+    for k in (2, 6):
+        case = demix_case(tmp_path / str(k), "masking_mixup", **{"mixup.k": k})
+        figures = KeylessDemixing().run(case).figures
+        assert figures["mixes_per_k"] == {k: 24 * 3}  # 3 rounds of the 24 images, all at k
+        found[k] = figures["components_recovered"]
+    # Seen: 23 of 24 components at k = 2, 6 at k = 6 (3 mixes per image).
+    assert found[2] >= 20 and found[6] < found[2] / 2
+    # The adaptive method mixes at the policy's measured shares, each mix's k known.
+    case = demix_case(tmp_path / "ada", "masking_adamixup", {2: 0.5, 6: 0.5})
+    figures = KeylessDemixing().run(case).figures
+    assert set(figures["mixes_per_k"]) == {2, 6} and sum(figures["mixes_per_k"].values()) == 72

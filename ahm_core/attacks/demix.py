@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
+from ahm_core.cases import attack_ks
 from ahm_core.freq import check_images, check_upsample, fused_kernel
 from ahm_core.masking.first_stage import to_gray
 from ahm_core.masking.mixup import instahide, mixup
@@ -377,13 +378,14 @@ def invert_ppfr(
 
 @register
 class Demixing(Attack):
-    """`attack.demix_images` private images, each mixed `attack.demix_rounds` times with k = 2 as
-    the defence mixes (InstaHide's random signs included), demixed from the mixes alone; with
-    PPFR-FD's fixed key the components are inverted to faces (at the attacker's auxiliary faces'
-    mean brightness and contrast), else rendered."""
+    """`attack.demix_images` private images, each mixed `attack.demix_rounds` times as the defence
+    mixes: at its k, or at k drawn from the policy's measured shares for the adaptive method
+    (InstaHide's random signs included); the mixes of each k are demixed from the mixes alone,
+    the attacker knowing every mix's k. With PPFR-FD's fixed key the components are inverted to
+    faces (at the attacker's auxiliary faces' mean brightness and contrast), else rendered."""
 
     name = "demix"
-    holds = "the masked mixes (white box: the pipeline and k); PPFR-FD's fixed key"
+    holds = "the masked mixes (white box: the pipeline and each mix's k); PPFR-FD's fixed key"
     with_key = True  # PPFR-FD's fixed key inverts the components where the defence has one
 
     def skip(self, case: Case) -> str | None:
@@ -398,11 +400,23 @@ class Demixing(Attack):
         ids = torch.arange(len(encoded))
         mode = "instahide" if pipeline.batch_mix == "instahide" else "mixup"
         mix = instahide if mode == "instahide" else mixup
-        mixes = [mix(encoded, ids, 2, case.cfg.mixup.max_coef, g).x for _ in range(a.demix_rounds)]
-        recovered = demix(torch.cat(mixes), 2, mode).components.reshape(-1, *encoded.shape[1:])
+        mixes, ks = [], []
+        for _ in range(a.demix_rounds):
+            drawn = attack_ks(pipeline, case.proportions, len(encoded), g)
+            k = pipeline.k if drawn is None else drawn
+            mixes.append(mix(encoded, ids, k, case.cfg.mixup.max_coef, g).x)
+            ks.append(torch.full((len(encoded),), k) if drawn is None else drawn)
+        encodings, ks = torch.cat(mixes), torch.cat(ks)
+        recovered = torch.cat(
+            [
+                demix(encodings[ks == k], int(k), mode).components.reshape(-1, *encoded.shape[1:])
+                for k in ks.unique()
+            ]
+        )
         components = recovery_report(recovered, encoded)
         figures = {
             "images": len(items),
+            "mixes_per_k": {int(k): int((ks == k).sum()) for k in ks.unique()},
             "components_recovered": components["recovered"],
             "mean_similarity": components["mean_similarity"],
         }
