@@ -348,13 +348,14 @@ def _over_seeds(runs: dict[str, dict[int, dict]], per_seed: dict[int, dict]) -> 
 
 
 def _paired_seeds(per_seed: dict[int, dict], runs: dict[str, dict[int, dict]]) -> list[dict]:
-    """Each pair of `PAIRED` that ran, compared over seeds on accuracy and the privacy score."""
+    """Each pair of `PAIRED` that ran, compared over seeds on accuracy, the privacy score and
+    the worst-case rank-1 by the own judge (higher: more leakage)."""
     lines = []
     for a, b in PAIRED:
         if not {a, b} <= set(runs):
             continue
         line: dict[str, Any] = {"a": a, "b": b}
-        for key in ("accuracy", "privacy_score"):
+        for key in ("accuracy", "privacy_score", "rank1"):
             pairs = [
                 (
                     _figures(runs[a][s], per_seed[s].get(a, {}))[key],
@@ -437,6 +438,8 @@ def _seed_section(runs: dict, summary: dict, paired: list[dict]) -> list[str | T
                 "verdict (accuracy)",
                 "privacy score A - B [95%], p",
                 "verdict (privacy)",
+                "worst rank-1 (own) A - B [95%], p",
+                "verdict (rank-1: higher leaks more)",
             ],
             [
                 [
@@ -446,6 +449,8 @@ def _seed_section(runs: dict, summary: dict, paired: list[dict]) -> list[str | T
                     _verdict(t["a"], t["b"], t.get("accuracy")),
                     test_cell(t.get("privacy_score")),
                     _verdict(t["a"], t["b"], t.get("privacy_score")),
+                    test_cell(t.get("rank1")),
+                    _verdict(t["a"], t["b"], t.get("rank1")),
                 ]
                 for t in paired
             ],

@@ -76,6 +76,7 @@ PAIRED: list[tuple[str, str]] = [
     ("Masking+MixUp (k=2)", "Masking+MixUp (k=6)"),
     ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)"),
     ("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=6)"),
+    ("Masking+AdaMixUp (k:2-6)", "PPFR-FD"),  # what mixing adds to the first stage
     ("PPFR-FD", "ArcFace"),
     ("DCTDP", "PPFR-FD"),
     ("DCTDP+AdaMixUp (k:2-6)", "Masking+AdaMixUp (k:2-6)"),
