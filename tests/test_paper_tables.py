@@ -200,9 +200,14 @@ def test_the_committed_study_separates_the_methods(report):
     assert len(data["seeds"]) >= 3 and all(
         len(r) == len(data["seeds"]) for r in data["runs"].values()
     )
-    paired = {(t["a"], t["b"]): t["accuracy"] for t in data["paired_over_seeds"]}
-    assert paired[("Masking+MixUp (k=2)", "Masking+MixUp (k=6)")]["ci95"][0] > 0
-    assert paired[("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)")]["ci95"][1] < 0
+    paired = {(t["a"], t["b"]): t for t in data["paired_over_seeds"]}
+    k2_k6 = paired[("Masking+MixUp (k=2)", "Masking+MixUp (k=6)")]
+    assert paired[("Masking+AdaMixUp (k:2-6)", "Masking+MixUp (k=2)")]["accuracy"]["ci95"][1] < 0
+    if "rank1" in k2_k6:  # attacked (3 seeds): k = 6 and the policy's k leak less, beyond noise
+        assert k2_k6["rank1"]["ci95"][0] > 0
+        assert paired[("Masking+AdaMixUp (k:2-6)", "PPFR-FD")]["rank1"]["ci95"][1] < 0
+    else:  # accuracy only (5 seeds): k = 2 is more accurate than k = 6
+        assert k2_k6["accuracy"]["ci95"][0] > 0
     spread = data["over_seeds"]["Masking+MixUp (k=2)"]["accuracy"]
     assert spread["n"] == len(data["seeds"]) and spread["std"] > 0
 
