@@ -135,7 +135,8 @@ def _judge(cell: Cell) -> str | None:
 
 def run_cell(cell: Cell, log: Callable[[str], None] = print) -> dict:
     """Train the cell's row (a centralized run, resumable), then, with a judge, measure its
-    masking and run every attack; write row.json atomically and return it."""
+    masking and run every attack; write row.json atomically and return what it holds, so a
+    fresh result and a cached one are the same (JSON's string keys included)."""
     cfg = cell.cfg
     metrics = run_centralized(cfg, cell.folder / "train", cell.resume)
     correct = metrics["verification"]["correct"]  # per pair: what the clustered intervals redraw
@@ -163,4 +164,4 @@ def run_cell(cell: Cell, log: Callable[[str], None] = print) -> dict:
     result["checkpoint"] = metrics["checkpoint"]
     text = json.dumps(result, indent=2)
     atomic_write(cell.folder / "row.json", lambda tmp: tmp.write_text(text))
-    return result
+    return json.loads(text)

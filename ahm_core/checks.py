@@ -6,8 +6,10 @@ checked on the server's side (`server.strategy.check_strategy`)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from ahm_core.attacks.gradient_inversion import OBJECTIVES
-from ahm_core.config import AHMConfig, ConfigError, check_choice, check_schema
+from ahm_core.config import AHMConfig, ConfigError, check_choice, check_schema, collect
 from ahm_core.data.partition import SCHEMES
 from ahm_core.data.sources import SOURCES
 from ahm_core.faults import MODES
@@ -19,26 +21,49 @@ from ahm_core.policy import BASELINES, CONTEXTS, NETS, REWARDS
 
 
 def validate(cfg: AHMConfig) -> AHMConfig:
-    """Raise `ConfigError` naming the first bad option; return cfg unchanged when it is sound."""
-    check_schema(cfg)
-    check_choice("data.source", cfg.data.source, SOURCES)
-    check_choice("masking.method", cfg.masking.method, METHODS)
-    check_choice("model.backbone", cfg.model.backbone, BACKBONES)
-    check_choice("policy.net", cfg.policy.net, NETS)
-    check_choice("policy.reward", cfg.policy.reward, REWARDS)
-    check_choice("policy.baseline", cfg.policy.baseline, BASELINES)
-    check_choice("policy.context", cfg.policy.context, CONTEXTS)
-    check_choice("federation.partition", cfg.federation.partition, SCHEMES)
-    check_choice("federation.fault_mode", cfg.federation.fault_mode, MODES)
-    check_choice("attack.gi_objective", cfg.attack.gi_objective, OBJECTIVES)
-    for defence in cfg.attack.defences:
-        check_choice("attack.defences", defence, METHODS)
-    for judge in cfg.attack.judges:
-        check_choice("attack.judges", judge, JUDGES)
-    SOURCES[cfg.data.source].check(cfg.data)
-    FIRST_STAGES[METHODS[cfg.masking.method].first_stage].check(cfg)
-    check_stages(stage_blocks(cfg.model), cfg.data.image_size)
-    _check_mixing(cfg)
+    """Raise one `ConfigError` naming every bad option; return cfg unchanged when it is sound.
+    The checks that look a name up in its registry run only when that name is known."""
+    choices = [
+        ("data.source", cfg.data.source, SOURCES),
+        ("masking.method", cfg.masking.method, METHODS),
+        ("model.backbone", cfg.model.backbone, BACKBONES),
+        ("policy.net", cfg.policy.net, NETS),
+        ("policy.reward", cfg.policy.reward, REWARDS),
+        ("policy.baseline", cfg.policy.baseline, BASELINES),
+        ("policy.context", cfg.policy.context, CONTEXTS),
+        ("federation.partition", cfg.federation.partition, SCHEMES),
+        ("federation.fault_mode", cfg.federation.fault_mode, MODES),
+        ("attack.gi_objective", cfg.attack.gi_objective, OBJECTIVES),
+        *(("attack.defences", defence, METHODS) for defence in cfg.attack.defences),
+        *(("attack.judges", judge, JUDGES) for judge in cfg.attack.judges),
+    ]
+    try:
+        check_schema(cfg)
+        schema: tuple[str, ...] = ()
+    except ConfigError as err:
+        schema = err.problems
+    # the checks that combine options run on those in bounds, so one bad value is one line
+    bad = {problem.split(":", 1)[0] for problem in schema}
+    sized = "data.image_size" not in bad
+    known = cfg.data.source in SOURCES and sized, cfg.masking.method in METHODS and sized
+    collect(
+        [
+            *(partial(check_choice, name, value, allowed) for name, value, allowed in choices),
+            lambda: known[0] and SOURCES[cfg.data.source].check(cfg.data),
+            lambda: known[1] and FIRST_STAGES[METHODS[cfg.masking.method].first_stage].check(cfg),
+            lambda: (
+                sized
+                and cfg.model.backbone in BACKBONES
+                and check_stages(stage_blocks(cfg.model), cfg.data.image_size)
+            ),
+            lambda: (
+                known[1]
+                and not bad & {"train.batch_size", "mixup.k", "policy.k_set"}
+                and _check_mixing(cfg)
+            ),
+        ],
+        schema,
+    )
     return cfg
 
 
@@ -46,11 +71,14 @@ def _check_mixing(cfg: AHMConfig) -> None:
     """The k a method mixes fit in a batch, and `mixup.max_coef` lets k coefficients stay below."""
     ks = mixing_ks(cfg)
     key = "policy.k_set" if METHODS[cfg.masking.method].batch_mix == "adaptive" else "mixup.k"
-    for k in ks:
-        if k > cfg.train.batch_size:
-            raise ConfigError(f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}")
+    problems = [
+        f"{key}: k={k} exceeds train.batch_size={cfg.train.batch_size}"
+        for k in ks
+        if k > cfg.train.batch_size
+    ]
     if ks and not 1.0 / min(ks) < cfg.mixup.max_coef <= 1.0:
-        raise ConfigError(
+        problems.append(
             f"mixup.max_coef: must be in (1/{min(ks)}, 1] so {min(ks)} coefficients summing to "
             f"1 can all stay below it, got {cfg.mixup.max_coef}"
         )
+    collect((), problems)

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,7 +22,25 @@ from ahm_core.freq import BLOCK
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range; the message names the option."""
+    """Configuration values missing, unknown or out of range: one line per bad setting
+    (`problems`), each naming its option; the message is those lines."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def collect(checks: typing.Iterable[Callable[[], object]], found: Sequence[str] = ()) -> None:
+    """Run every check and raise one ConfigError with the problems of all that failed (after
+    those already `found`), so a user fixes every bad setting in one rerun."""
+    problems = list(found)
+    for check in checks:
+        try:
+            check()
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(*problems)
 
 
 MAX_PIXELS = 25_000_000  # 5000 x 5000: above any face photo, far below a decompression bomb
@@ -272,61 +291,70 @@ def check_choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
         raise ConfigError(f"{name}: unknown value {value!r}; expected one of {', '.join(allowed)}")
 
 
-def _check_bounds(section: str, obj: Any) -> None:
+def _bounds(section: str, obj: Any) -> list[str]:
+    """The problems of a section's numbers against the bounds in their fields' metadata."""
+    problems = []
     for f in dataclasses.fields(obj):
         meta, value, name = f.metadata, getattr(obj, f.name), f"{section}.{f.name}"
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name}: must be a finite number, got {value}")
-        if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{name}: must be >= {meta['min']}, got {value}")
-        if "min_open" in meta and value <= meta["min_open"]:
-            raise ConfigError(f"{name}: must be > {meta['min_open']}, got {value}")
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{name}: must be <= {meta['max']}, got {value}")
-        if "max_open" in meta and value >= meta["max_open"]:
-            raise ConfigError(f"{name}: must be < {meta['max_open']}, got {value}")
+            problems.append(f"{name}: must be a finite number, got {value}")
+        elif "min" in meta and value < meta["min"]:
+            problems.append(f"{name}: must be >= {meta['min']}, got {value}")
+        elif "min_open" in meta and value <= meta["min_open"]:
+            problems.append(f"{name}: must be > {meta['min_open']}, got {value}")
+        elif "max" in meta and value > meta["max"]:
+            problems.append(f"{name}: must be <= {meta['max']}, got {value}")
+        elif "max_open" in meta and value >= meta["max_open"]:
+            problems.append(f"{name}: must be < {meta['max_open']}, got {value}")
+    return problems
 
 
-def check_schema(cfg: AHMConfig) -> AHMConfig:
-    """Raise `ConfigError` naming the first option out of its bounds or inconsistent with another
-    of the schema; return cfg unchanged. What the registries accept is `ahm_core.checks`'."""
-    for section in dataclasses.fields(cfg):
-        _check_bounds(section.name, getattr(cfg, section.name))
+def _consistency(cfg: AHMConfig) -> list[str]:
+    """The problems of options that contradict one another."""
+    problems = []
     if cfg.policy.baseline == "batch_mean" and not cfg.policy.per_sample:
-        raise ConfigError(
+        problems.append(
             "policy.baseline: batch_mean needs policy.per_sample=true (with one k per batch every "
             "sample's advantage over the others' mean sums to zero); expected moving_average"
         )
     if cfg.policy.context == "sample" and not cfg.policy.per_sample:
-        raise ConfigError(
+        problems.append(
             "policy.context: sample draws each face's k from its own PMF, so it needs "
             "policy.per_sample=true; expected batch"
         )
     if cfg.policy.loss_budget >= 0 and (cfg.policy.alpha, cfg.policy.beta) != (1.0, 1.0):
-        raise ConfigError(
+        problems.append(
             "policy.loss_budget: a budgeted policy is rewarded with the mixing entropy less the "
             "multiplier times FRNet1's loss, so policy.alpha and policy.beta do not apply; "
             "expected 1 and 1"
         )
     if "own" not in cfg.attack.judges:
-        raise ConfigError("attack.judges: must include own (the paper's scores use its features)")
+        problems.append("attack.judges: must include own (the paper's scores use its features)")
     if not DEVICE.fullmatch(cfg.train.device):
-        raise ConfigError(
+        problems.append(
             f"train.device: unknown device {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N, "
             "mps or meta"
         )
     if cfg.data.source != "synthetic" and not cfg.data.root:
-        raise ConfigError(f"data.root: required for data.source={cfg.data.source}")
+        problems.append(f"data.root: required for data.source={cfg.data.source}")
     if not cfg.policy.k_set:
-        raise ConfigError("policy.k_set: the candidate set of k is empty")
-    for k in cfg.policy.k_set:
-        if k < 2:
-            raise ConfigError(f"policy.k_set: k must be >= 2 (k images mixed), got {k}")
+        problems.append("policy.k_set: the candidate set of k is empty")
+    problems += [
+        f"policy.k_set: k must be >= 2 (k images mixed), got {k}" for k in cfg.policy.k_set if k < 2
+    ]
     if cfg.federation.min_clients > cfg.federation.num_clients:
-        raise ConfigError(
+        problems.append(
             f"federation.min_clients: {cfg.federation.min_clients} exceeds "
             f"federation.num_clients={cfg.federation.num_clients}"
         )
+    return problems
+
+
+def check_schema(cfg: AHMConfig) -> AHMConfig:
+    """Raise `ConfigError` naming every option out of its bounds or inconsistent with another
+    of the schema; return cfg unchanged. What the registries accept is `ahm_core.checks`'."""
+    problems = [p for s in dataclasses.fields(cfg) for p in _bounds(s.name, getattr(cfg, s.name))]
+    collect((), problems + _consistency(cfg))
     return cfg
 
 
@@ -375,30 +403,43 @@ def _boolean(value: bool | int | str) -> bool:
     return bool(value)
 
 
-def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
+def _build(cls: type[T], values: dict[str, Any], prefix: str, problems: list[str]) -> T:
+    """`cls` from plain values, coerced; each unknown option or value that does not coerce is
+    added to `problems` and the field keeps its default, so the checks after it still run."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown option; expected one of {', '.join(sorted(names))}"
-        )
+    problems += [
+        f"{prefix}{key}: unknown option; expected one of {', '.join(sorted(names))}"
+        for key in sorted(set(values) - names)
+    ]
     kwargs = {}
     for key, value in values.items():
+        if key not in names:
+            continue
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key}: expected a section (mapping), got {value!r}")
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
-        else:
+            if isinstance(value, dict):
+                kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+            else:
+                problems.append(f"{prefix}{key}: expected a section (mapping), got {value!r}")
+            continue
+        try:
             kwargs[key] = _coerce(f"{prefix}{key}", value, hint)
+        except ConfigError as err:
+            problems.extend(err.problems)
     return cls(**kwargs)
 
 
-def from_dict(values: dict[str, Any]) -> AHMConfig:
-    """Build a config from nested mappings (YAML/hydra shape), coerced and bounds-checked;
-    missing keys default."""
-    return check_schema(_build(AHMConfig, dict(values), ""))
+def from_dict(
+    values: dict[str, Any], check: Callable[[AHMConfig], object] = check_schema
+) -> AHMConfig:
+    """Build a config from nested mappings (YAML/hydra shape), coerced and checked by `check`
+    (the schema's bounds; `ahm_core.checks.validate` adds the registries'); missing keys
+    default. One ConfigError names every bad setting."""
+    problems: list[str] = []
+    cfg = _build(AHMConfig, dict(values), "", problems)
+    collect([lambda: check(cfg)], problems)
+    return cfg
 
 
 def to_dict(cfg: AHMConfig) -> dict[str, Any]:

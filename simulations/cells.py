@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ahm_core.cells import Item, Runner
-from ahm_core.config import ConfigError
+from ahm_core.cells import Item, Runner, seed_list
+from ahm_core.config import AHMConfig, ConfigError, collect
 
 
 @dataclass
@@ -41,6 +42,12 @@ class RayOptions:
             raise ConfigError(
                 "ray.address: expected null, 'auto' or host:port of a Ray head, got ''"
             )
+
+
+def check_seeded(cfg: AHMConfig, options: dict[str, Any]) -> None:
+    """The run options of a study over seeds (`seeds`, `ray`), checked with the config, before
+    Ray starts."""
+    collect([lambda: seed_list(cfg, options["seeds"]), lambda: RayOptions(**options["ray"])])
 
 
 @contextlib.contextmanager

@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
 from ahm_core.cells import Cell, run_cells, seed_list, seeded
+from ahm_core.config import AHMConfig
 from ahm_core.experiment import run_centralized
 from ahm_core.masking.methods import Row
 from ahm_core.metrics.uncertainty import over_seeds
-from simulations.cells import RayOptions, ray_runner, ray_session
+from simulations.cells import RayOptions, check_seeded, ray_runner, ray_session
 from simulations.cli import entry
-from simulations.schema import register, split_run_config
+from simulations.schema import register
 
 register()
 
 
-@entry("centralized", "centralized")
-def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg)
+@entry("centralized", "centralized", check_seeded)
+def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     ray = RayOptions(**options["ray"])
     if options["seeds"] is None:

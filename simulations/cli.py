@@ -4,13 +4,14 @@ Logs: the project's loggers (`ahm_core`) at INFO, and Flower's at its default, I
 `--verbose` anywhere on the command line (taken out before hydra reads it) turns on DEBUG for
 both: `ahm_core` here, Flower's through FLWR_LOG_LEVEL in the environment `flwr run` inherits.
 
-Bad input: one line `prog: what`, exit status 1.
+Bad input: one line `prog: what` for each bad setting, exit status 1.
 
 Hydra prints a bad override over several lines and a task's exception with a traceback. `entry`
 runs hydra with HYDRA_FULL_ERROR set, so both reach it, and ends the program with one line for
-bad input: any error composing the config (an override hydra cannot apply), and in the task a
-ConfigError, a data or checkpoint error. Any other exception of the task is a bug and keeps its
-traceback; so does everything when the user set HYDRA_FULL_ERROR themselves.
+each problem of bad input: every override hydra cannot apply and every bad setting of the
+others (so one rerun fixes them all), and in the task a ConfigError, a data or checkpoint
+error. Any other exception of the task is a bug and keeps its traceback; so does everything
+when the user set HYDRA_FULL_ERROR themselves.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from ahm_core.config import AHMConfig, ConfigError
 from ahm_core.errors import input_errors
+from simulations.schema import split_run_config
 
 CONF = Path(__file__).resolve().parent / "conf"
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -39,12 +45,16 @@ VERBOSE_HELP = "-v, --verbose: DEBUG logs (this project's and Flower's); INFO wi
 FLWR_LOG_LEVEL = "FLWR_LOG_LEVEL"  # read by Flower's logger when a Flower process starts
 
 
-Task = Callable[[DictConfig], None]
+Task = Callable[[AHMConfig, dict[str, Any]], None]
+CheckOptions = Callable[[AHMConfig, dict[str, Any]], object]
 
 
-def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
-    """`hydra.main` over simulations/conf/`config_name`.yaml with `-v` for DEBUG logs and bad
-    input ending in one line."""
+def entry(
+    config_name: str, prog: str, check_options: CheckOptions | None = None
+) -> Callable[[Task], Callable[[], None]]:
+    """`hydra.main` over simulations/conf/`config_name`.yaml, calling the task with the
+    validated config and run options (`split_run_config` with `check_options`); `-v` for
+    DEBUG logs, and bad input ending in one line per problem."""
 
     def wrap(task: Task) -> Callable[[], None]:
         in_task = False
@@ -56,9 +66,9 @@ def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
             in_task = True
             logging.getLogger("ahm_core").setLevel(logging.DEBUG if verbose else logging.INFO)
             try:
-                task(hcfg)
+                task(*split_run_config(hcfg, check_options))
             except (*input_errors(), *COMPOSE_ERRORS) as err:
-                raise SystemExit(f"{prog}: {error_line(err)}") from None
+                raise SystemExit(error_text(prog, err)) from None
 
         run = hydra.main(version_base=None, config_path=str(CONF), config_name=config_name)(guarded)
 
@@ -78,7 +88,9 @@ def entry(config_name: str, prog: str) -> Callable[[Task], Callable[[], None]]:
                 except Exception as err:
                     if in_task:  # a bug of the task, not bad input: keep its traceback
                         raise
-                    raise SystemExit(f"{prog}: {error_line(err)}") from None  # the config
+                    problems = every_problem(config_name, sys.argv[1:], check_options)
+                    lines = problems or [error_line(err)]
+                    raise SystemExit("\n".join(f"{prog}: {line}" for line in lines)) from None
                 finally:
                     os.environ.pop(FULL_ERROR, None)
 
@@ -106,6 +118,40 @@ def _flower_debug(verbose: bool) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(FLWR_LOG_LEVEL, None)
+
+
+def every_problem(
+    config_name: str, overrides: list[str], check_options: CheckOptions | None
+) -> list[str]:
+    """Every problem of a command line that hydra refused: each override that does not compose
+    on its own, then each bad setting of the config the others compose (hydra's own options
+    are left to hydra). Empty when the command line holds flags (a sweep, `--cfg`)."""
+    if any(o.startswith("-") for o in overrides):
+        return []
+    problems, good = [], []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for override in overrides:
+            if override.lstrip("+~").startswith(("hydra.", "hydra/")):
+                continue
+            try:
+                compose(config_name, [override])
+                good.append(override)
+            except COMPOSE_ERRORS as err:
+                problems.append(error_line(err))
+        try:
+            split_run_config(compose(config_name, good), check_options)
+        except COMPOSE_ERRORS as err:
+            problems.append(error_line(err))
+        except ConfigError as err:
+            problems.extend(_one_line(p) for p in err.problems)
+    return problems
+
+
+def error_text(prog: str, err: BaseException) -> str:
+    """`prog: what` for an error of bad input, one line per problem it names."""
+    lines = err.problems if isinstance(err, ConfigError) else [error_line(err)]
+    return "\n".join(f"{prog}: {_one_line(line)}" for line in lines)
 
 
 def error_line(err: BaseException) -> str:

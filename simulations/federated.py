@@ -15,55 +15,56 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
-from ahm_core.config import AHMConfig
+from ahm_core.config import AHMConfig, collect
 from ahm_core.train import resolve_device
 from simulations.cli import entry
 from simulations.flower import LaunchInterrupted, ServerAppError, bind_error, launch
-from simulations.schema import register, split_run_config
+from simulations.schema import register
 
 PROG = "federated"
 register()
 
 
-def check_launch(cfg: AHMConfig, options: dict[str, Any], prog: str) -> None:
-    """End the program with one line when the launch options of FederatedRunConfig cannot give
+def check_launch(cfg: AHMConfig, options: dict[str, Any]) -> None:
+    """Raise one ConfigError naming every launch option of FederatedRunConfig that cannot give
     a federation: a device this machine lacks, too few SuperNodes for `federation.min_clients`
     (Flower would wait for the missing ones forever), clients' resources below one CPU or not a
     GPU count, a metrics port out of range, or one that cannot be served."""
-    resolve_device(cfg.train.device)  # the simulation runs here: a missing GPU ends it now
     supernodes, minimum = options["supernodes"], cfg.federation.min_clients
-    port, address = options["metrics_port"], options["metrics_address"]
+    port, address, gpus = (
+        options["metrics_port"],
+        options["metrics_address"],
+        options["gpus_per_client"],
+    )
+    problems = []
     if supernodes < 1:
-        raise SystemExit(f"{prog}: supernodes={supernodes}: expected at least 1 SuperNode")
-    if supernodes < minimum:
-        raise SystemExit(
-            f"{prog}: supernodes={supernodes}: below federation.min_clients={minimum}; expected "
+        problems.append(f"supernodes={supernodes}: expected at least 1 SuperNode")
+    elif supernodes < minimum:
+        problems.append(
+            f"supernodes={supernodes}: below federation.min_clients={minimum}; expected "
             f"supernodes>={minimum} (or a lower federation.min_clients)"
         )
     if options["cpus_per_client"] < 1:
-        raise SystemExit(
-            f"{prog}: cpus_per_client={options['cpus_per_client']}: expected at least 1 CPU"
-        )
-    gpus = options["gpus_per_client"]
+        problems.append(f"cpus_per_client={options['cpus_per_client']}: expected at least 1 CPU")
     if not (math.isfinite(gpus) and gpus >= 0):
-        raise SystemExit(f"{prog}: gpus_per_client={gpus}: expected a number >= 0")
+        problems.append(f"gpus_per_client={gpus}: expected a number >= 0")
     if not 0 <= port <= 65535:
-        raise SystemExit(f"{prog}: metrics_port={port}: expected 0 (off) or a TCP port 1..65535")
-    error = bind_error(address, port) if port else None
-    if error is not None:
-        raise SystemExit(
-            f"{prog}: metrics_port={port}: cannot serve on metrics_address={address} "
+        problems.append(f"metrics_port={port}: expected 0 (off) or a TCP port 1..65535")
+    elif port and (error := bind_error(address, port)) is not None:
+        problems.append(
+            f"metrics_port={port}: cannot serve on metrics_address={address} "
             f"({error.strerror or error}); expected a free port, or 0 (off)"
         )
+    # the simulation runs here: a missing GPU ends it now
+    collect([lambda: resolve_device(cfg.train.device)], problems)
 
 
 def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str) -> dict:
     """`flwr run` of cfg with the launch options of FederatedRunConfig, writing under `out`;
     bad options, a failed run, a failed ServerApp or SIGINT/SIGTERM end the program with one
     line."""
-    check_launch(cfg, options, prog)
+    check_launch(cfg, options)
     try:
         return launch(
             cfg,
@@ -86,9 +87,8 @@ def run_federation(cfg: AHMConfig, options: dict[str, Any], out: Path, prog: str
         raise SystemExit(f"{prog}: interrupted ({err.signal}); stopped the SuperLink") from None
 
 
-@entry("federated", PROG)
-def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg)
+@entry("federated", PROG, check_launch)
+def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     summary = run_federation(cfg, options, out, PROG)
     print(f"{PROG}: final verification accuracy {summary['final_accuracy']:.4f}")

@@ -14,21 +14,22 @@ names a cluster; a killed study rerun into the same folder runs only its missing
 
 from __future__ import annotations
 
+from typing import Any
+
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
 from ahm_core.cells import seed_list
+from ahm_core.config import AHMConfig
 from ahm_core.paper import run_tables
-from simulations.cells import RayOptions, ray_runner, ray_session
+from simulations.cells import RayOptions, check_seeded, ray_runner, ray_session
 from simulations.cli import entry
-from simulations.schema import register, split_run_config
+from simulations.schema import register
 
 register()
 
 
-@entry("paper_tables", "paper_tables")
-def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg)
+@entry("paper_tables", "paper_tables", check_seeded)
+def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     out = HydraConfig.get().runtime.output_dir
     seeds = seed_list(cfg, options["seeds"])  # a bad list is refused before Ray starts
     ray = RayOptions(**options["ray"])

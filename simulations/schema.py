@@ -6,14 +6,15 @@ Registered in hydra's ConfigStore so any schema key can be overridden on the com
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ahm_core.checks import validate
-from ahm_core.config import AHMConfig, from_dict
+from ahm_core.config import AHMConfig, collect, from_dict
 from ahm_core.data.sources import SOURCES
 from server.strategy import check_strategy
 from simulations.cells import RayOptions
@@ -84,12 +85,30 @@ def register() -> None:
         )
 
 
-def split_run_config(hcfg: DictConfig) -> tuple[AHMConfig, dict[str, Any]]:
-    """The validated AHMConfig and the run options of a composed hydra config; a bad option
-    raises ConfigError naming it (`simulations.cli.entry` ends the program with that line)."""
+def split_run_config(
+    hcfg: DictConfig, check_options: Callable[[AHMConfig, dict[str, Any]], object] | None = None
+) -> tuple[AHMConfig, dict[str, Any]]:
+    """The validated AHMConfig and the run options of a composed hydra config; bad settings
+    raise one ConfigError naming each (`simulations.cli.entry` ends the program with a line
+    for each): the config's, a run option the schema lacks, and `check_options`' of the rest."""
     values = OmegaConf.to_container(hcfg, resolve=True, throw_on_missing=True)
     sections = {f.name for f in fields(AHMConfig)}
     options = {key: values.pop(key) for key in list(values) if key not in sections}
-    cfg = validate(from_dict(values))
-    check_strategy(cfg.federation)
-    return cfg, options
+    schema = OmegaConf.get_type(hcfg)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else set(options)
+    unknown = [
+        f"{key}: unknown option; expected one of {', '.join(sorted(known))}"
+        for key in sorted(set(options) - known)
+    ]
+
+    def check(cfg: AHMConfig) -> None:
+        collect(
+            [
+                lambda: validate(cfg),
+                lambda: check_strategy(cfg.federation),
+                lambda: check_options is not None and check_options(cfg, options),
+            ],
+            unknown,
+        )
+
+    return from_dict(values, check), options

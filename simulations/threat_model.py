@@ -14,22 +14,22 @@ with this config's DP settings (`ahm_core.threat.dp_fedavg_config`), trained in 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
+from ahm_core.config import AHMConfig
 from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
 from simulations.cli import entry
-from simulations.federated import run_federation
-from simulations.schema import register, split_run_config
+from simulations.federated import check_launch, run_federation
+from simulations.schema import register
 
 PROG = "threat_model"
 register()
 
 
-@entry("threat_model", PROG)
-def main(hcfg: DictConfig) -> None:
-    cfg, options = split_run_config(hcfg)
+@entry("threat_model", PROG, check_launch)
+def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     run = Path(options["run"]) if options["run"] else None
     if run is None:
         run = Path(HydraConfig.get().runtime.output_dir) / "run"

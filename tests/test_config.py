@@ -122,11 +122,13 @@ BAD = [
 
 @pytest.mark.parametrize(("overrides", "option", "phrase"), BAD)
 def test_bad_config_gives_one_clear_error(overrides, option, phrase):
+    """One bad setting: its problems, each on a line naming it (an image size can break two
+    rules at once)."""
     with pytest.raises(ConfigError) as err:
         validate(apply_overrides(AHMConfig(), overrides))
     message = str(err.value)
-    assert message.startswith(option) and phrase in message
-    assert "\n" not in message
+    assert phrase in message and list(err.value.problems) == message.splitlines()
+    assert all(line.startswith(option) for line in err.value.problems), message
 
 
 def test_mixing_checks_apply_only_to_methods_that_mix():
@@ -248,3 +250,25 @@ def test_a_resume_names_every_option_that_changed():
     del saved["data"]["max_pixels"]  # a checkpoint of an older schema
     with pytest.raises(ConfigError, match=r"data\.max_pixels '\(absent\)' -> 25000000"):
         refuse_changed_config("run/checkpoint.pt", saved, AHMConfig())
+
+
+def test_every_bad_setting_is_named_at_once():
+    """Unknown options, values that do not coerce, bounds, contradictions and registry names:
+    one ConfigError with a line for each, whatever their order."""
+    values = {
+        "train": {"lr": "abc", "nope": 1, "batch_size": 0},
+        "mixup": {"k": 1},
+        "masking": {"method": "rot13"},
+        "policy": {"context": "sample", "per_sample": False},
+    }
+    with pytest.raises(ConfigError) as err:
+        from_dict(values, validate)
+    assert sorted(p.split(":")[0] for p in err.value.problems) == [
+        "masking.method",
+        "mixup.k",
+        "policy.context",
+        "train.batch_size",
+        "train.lr",
+        "train.nope",
+    ]
+    assert str(err.value) == "\n".join(err.value.problems)

@@ -118,7 +118,7 @@ def test_verbose_turns_on_debug_for_the_project_and_for_flower(flag, tmp_path, m
     seen = {}
 
     @entry("centralized", "probe")
-    def probe(hcfg) -> None:
+    def probe(cfg, options) -> None:
         seen["ahm_core"] = logging.getLogger("ahm_core").level
         seen["flower"] = os.environ.get("FLWR_LOG_LEVEL")  # what `flwr run` would inherit
 
@@ -149,6 +149,35 @@ def test_the_process_exits_1_with_one_line_on_stderr(entry, tmp_path):
     assert done.stderr.splitlines() == [
         f"{entry}: train.momentum: must be a finite number, got nan"
     ]
+
+
+# Bad settings of every kind on one command line: hydra's, the schema's, the registries', a run
+# option the schema lacks and the launcher's; each is named on its own line.
+EVERY_KIND = [
+    ("train.lr=abc", "train.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
+    ("data=nope", "In 'federated': Could not find 'data/nope'; Available options in 'data'"),
+    ("+unknown=1", "unknown: unknown option; expected one of attack, client_state,"),
+    ("federation.rounds=0", "federation.rounds: must be >= 1, got 0"),
+    ("masking.method=nope", "masking.method: unknown value 'nope'; expected one of arcface,"),
+    ("supernodes=0", "supernodes=0: expected at least 1 SuperNode"),
+]
+
+
+def test_every_bad_setting_is_named_on_its_own_line(tmp_path):
+    """One rerun fixes them all: six mistakes, six lines, no traceback, nothing started."""
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.federated", *(o for o, _ in EVERY_KIND)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(EVERY_KIND), done.stderr
+    for line, (_, expected) in zip(sorted(lines), sorted(EVERY_KIND, key=lambda e: e[1])):
+        assert line.startswith(f"federated: {expected}"), (line, expected)
+    assert not (tmp_path / "outputs").exists()  # refused before a run folder was made
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):
