@@ -18,6 +18,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from ahm_core.checkpoints import records
 from ahm_core.config import AHMConfig, ConfigError, to_dict
 from ahm_core.data.base import FaceSet
 from ahm_core.data.benchmarks import load_benchmarks
@@ -59,7 +60,8 @@ def run_centralized(cfg: AHMConfig, out_dir: str | Path, resume: bool = True) ->
     metrics: dict | None = None
     start = time.perf_counter()
     if resume and checkpoint.exists():
-        history = trainer.restore(checkpoint, ("history",))["history"]
+        saved = trainer.restore(checkpoint, ("history",))
+        history = records(str(checkpoint), "history", saved["history"], "epoch", trainer.epoch)
         log.info("resumed %s at epoch %d", checkpoint, trainer.epoch)
     while trainer.epoch < cfg.train.epochs:
         epoch = trainer.train_epoch(data.faces, data.train, data.labels)

@@ -32,11 +32,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ahm_core.checkpoints import conform, count, distribution, optimiser
 from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
 from ahm_core.evaluate import evaluate_verification
-from ahm_core.io import atomic_write, load_checkpoint
+from ahm_core.io import CheckpointError, atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
 from ahm_core.models.heads import label_entropy
@@ -405,9 +406,53 @@ class Trainer:
         """Load a checkpoint written by `save` under this config (tensors and plain data only:
         weights_only) that holds the `required` extra entries; returns it, extras included."""
         state = load_checkpoint(path, (*STATE_KEYS, *required), map_location=self.device)
+        if not isinstance(state["config"], dict) or not all(
+            isinstance(section, dict) for section in state["config"].values()
+        ):
+            raise CheckpointError(f"{path}: config: expected a mapping of sections")
         refuse_changed_config(path, state["config"], self.cfg)
+        self.check_state(str(path), state)
         self.load_state_dict(state)
         return state
+
+    def check_state(self, label: str, state: dict) -> None:
+        """Raise CheckpointError naming `label` and the field unless `state` is what this
+        trainer's `state_dict` could be at some step: the same weights' shapes and dtypes, all
+        finite, optimiser buffers of the parameters' shapes, a step and an epoch in range."""
+        like = self.state_dict()
+        for key in ("num_classes", "backbone", "head", "scheduler", "rng"):
+            conform(label, state[key], like[key], key)
+        if self.policy is None:
+            conform(label, state["policy"], None, "policy")
+        else:
+            policy = state["policy"]
+            if not isinstance(policy, dict):
+                raise CheckpointError(f"{label}: policy: expected the policy's state (a mapping)")
+            # a checkpoint from before the loss budget has no multiplier (`ADDED_AS_BEFORE`)
+            kept = {
+                k for k in like["policy"] if k != "optimizer" and (k != "multiplier" or k in policy)
+            }
+            rest = {k: v for k, v in policy.items() if k != "optimizer"}
+            conform(label, rest, {k: like["policy"][k] for k in kept}, "policy")
+            optimiser(label, "policy.optimizer", policy.get("optimizer"), self.policy.optimizer)
+        epochs = state["config"].get("train", {}).get("epochs")
+        count(label, "epoch", state["epoch"], epochs if isinstance(epochs, int) else 0)
+        count(label, "step", state["step"], 2**62)
+        optimiser(label, "optimizer", state["optimizer"], self.optimizer)
+        if self.first_stage is None:
+            conform(label, state["first_stage"], None, "first_stage")
+        else:
+            stage = state["first_stage"]
+            conform(label, stage, dict.fromkeys(like["first_stage"]), "first_stage")
+            conform(label, stage["module"], like["first_stage"]["module"], "first_stage.module")
+            conform(
+                label, stage["scheduler"], like["first_stage"]["scheduler"], "first_stage.scheduler"
+            )
+            optimiser(label, "first_stage.optimizer", stage["optimizer"], self.stage_optimizer)
+        if state["policy_pmf"] is not None or self.policy is None:
+            distribution(
+                label, "policy_pmf", state["policy_pmf"], self.policy and self.cfg.policy.k_set
+            )
 
 
 def _poly_with_warmup(step: int, warmup: int, total: int) -> float:

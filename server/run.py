@@ -23,16 +23,23 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from ahm_core.checkpoints import conform, count, records
 from ahm_core.config import AHMConfig, refuse_changed_config, to_dict
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.evaluate import benchmark_line
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
-from ahm_core.io import atomic_write, load_checkpoint
+from ahm_core.io import CheckpointError, atomic_write, load_checkpoint
 from ahm_core.masking.methods import mixing_ks
 from server.metrics import ServerMetrics
 from server.privacy import epsilon_spent
 from server.replies import Limits
-from server.strategy import Guarded, build_strategy, load_server_state, server_state
+from server.strategy import (
+    Guarded,
+    build_strategy,
+    check_server_state,
+    load_server_state,
+    server_state,
+)
 
 CHECKPOINT_KEYS = ("round", "state", "history", "config", "server_state")
 
@@ -71,7 +78,16 @@ class ServerRun:
 
     def _resume(self) -> None:
         saved = load_checkpoint(self.checkpoint, required=CHECKPOINT_KEYS)
-        refuse_changed_config(self.checkpoint, saved["config"], self.cfg)
+        label = str(self.checkpoint)
+        config = saved["config"]
+        if not isinstance(config, dict) or not all(isinstance(s, dict) for s in config.values()):
+            raise CheckpointError(f"{label}: config: expected a mapping of sections")
+        refuse_changed_config(self.checkpoint, config, self.cfg)
+        rounds = config.get("federation", {}).get("rounds")
+        done = count(label, "round", saved["round"], rounds if isinstance(rounds, int) else 0)
+        conform(label, saved["state"], self.state, "state")
+        records(label, "history", saved["history"], "round", done + 1)
+        check_server_state(label, saved["server_state"], self.state)
         self.state, self.history, self.done = saved["state"], saved["history"], saved["round"]
         self.saved_server_state = saved["server_state"]
         self._write_rounds()  # a kill between the checkpoint and rounds.json left it stale

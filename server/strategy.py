@@ -22,6 +22,7 @@ norm) through a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -56,7 +57,7 @@ from flwr.serverapp.strategy import (
 )
 
 from ahm_core.config import AHMConfig, ConfigError, FederationConfig, check_choice
-from ahm_core.io import atomic_write
+from ahm_core.io import CheckpointError, atomic_write
 from ahm_core.screening import bounded_weights, screen_round
 from server.replies import (
     Limits,
@@ -508,6 +509,38 @@ def server_state(strategy: Strategy) -> dict[str, Any]:
             if getattr(obj, name, None) is not None:
                 state[name] = _to_torch(getattr(obj, name))
     return state
+
+
+def check_server_state(label: str, saved: Any, model: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError naming `label` and the field unless `saved` is what `server_state`
+    writes for a model of `model`'s arrays: the optimiser's arrays (a mapping by the model's
+    keys, a list in their order, or the model itself) finite and of the model's shapes, and a
+    finite positive clipping norm."""
+    if not isinstance(saved, dict) or not set(saved) <= {*OPTIMISER_STATE, *DP_STATE}:
+        raise CheckpointError(f"{label}: server_state: expected {', '.join(OPTIMISER_STATE)}")
+    shapes = {key: tuple(array.shape) for key, array in model.items()}
+    for name, value in saved.items():
+        field = f"server_state.{name}"
+        if name in DP_STATE:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise CheckpointError(f"{label}: {field}: expected a finite positive number")
+            continue
+        if isinstance(value, dict) and set(value) == {"array_record"}:
+            value, field = value["array_record"], f"{field}.array_record"
+        arrays = list(value.items()) if isinstance(value, dict) else None
+        if isinstance(value, list):
+            arrays = list(zip(shapes, value, strict=False)) if len(value) == len(shapes) else None
+        if arrays is None or {key for key, _ in arrays} != set(shapes):
+            raise CheckpointError(f"{label}: {field}: expected one array per model array")
+        for key, array in arrays:
+            if not isinstance(array, torch.Tensor) or tuple(array.shape) != shapes[key]:
+                raise CheckpointError(f"{label}: {field}.{key}: expected an array of {shapes[key]}")
+            if array.is_floating_point() and not torch.isfinite(array).all():
+                raise CheckpointError(f"{label}: {field}.{key}: holds NaN or infinite values")
 
 
 def load_server_state(strategy: Strategy, state: dict[str, Any]) -> None:

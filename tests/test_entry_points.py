@@ -175,7 +175,9 @@ def test_every_bad_setting_is_named_on_its_own_line(tmp_path):
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert len(lines) == len(EVERY_KIND), done.stderr
-    for line, (_, expected) in zip(sorted(lines), sorted(EVERY_KIND, key=lambda e: e[1])):
+    for line, (_, expected) in zip(
+        sorted(lines), sorted(EVERY_KIND, key=lambda e: e[1]), strict=True
+    ):
         assert line.startswith(f"federated: {expected}"), (line, expected)
     assert not (tmp_path / "outputs").exists()  # refused before a run folder was made
 
