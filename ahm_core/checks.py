@@ -6,6 +6,7 @@ checked on the server's side (`server.strategy.check_strategy`)."""
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 from ahm_core.attacks.gradient_inversion import OBJECTIVES
@@ -61,6 +62,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
                 and not bad & {"train.batch_size", "mixup.k", "policy.k_set"}
                 and _check_mixing(cfg)
             ),
+            lambda: not bad and cfg.model.backbone in BACKBONES and _check_memory(cfg),
         ],
         schema,
     )
@@ -82,3 +84,35 @@ def _check_mixing(cfg: AHMConfig) -> None:
             f"1 can all stay below it, got {cfg.mixup.max_coef}"
         )
     collect((), problems)
+
+
+def footprint(cfg: AHMConfig) -> dict[str, int]:
+    """Lower bounds, in bytes, of the largest allocations a run of `cfg` makes, by the settings
+    that size them: the synthetic faces' image cache (uint8), and the embedding layer and the
+    ArcFace head's class centres with their gradients and momentum (float32, three copies)."""
+    m = cfg.model
+    stages = len(stage_blocks(m))
+    channels = 512 if m.backbone == "ir_se_50" else m.width * 2 ** (stages - 1)
+    flat = channels * max(1, cfg.data.image_size // 2**stages) ** 2
+    sizes = {"model.embedding_size": 12 * m.embedding_size * flat}
+    if cfg.data.source == "synthetic":
+        d = cfg.data
+        sizes["data.num_identities"] = (
+            d.num_identities * d.images_per_identity * 3 * d.image_size**2
+        )
+        sizes["model.embedding_size"] += 12 * m.embedding_size * d.num_identities
+    return sizes
+
+
+def _check_memory(cfg: AHMConfig) -> None:
+    """Refuse before anything starts a config whose allocations exceed this machine's memory
+    (which would end in a MemoryError, or in the machine swapping, minutes in)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    sizes = footprint(cfg)
+    if sum(sizes.values()) > memory:
+        setting = max(sizes, key=sizes.__getitem__)
+        raise ConfigError(
+            f"{setting}: a run of this config needs at least {sum(sizes.values()) / 2**30:,.0f} "
+            f"GiB, this machine has {memory / 2**30:,.0f} GiB; expected a smaller "
+            f"{' or '.join(sorted(sizes))}"
+        )

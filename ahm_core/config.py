@@ -52,6 +52,10 @@ def _positive(**extra: Any) -> dict[str, Any]:
     return {"min": 1, **extra}
 
 
+# What trains at all: a learning rate above 10 diverges at once; a hundred thousand epochs or
+# rounds is years of work at any scale AHM runs (a value that would never end is refused).
+MAX_LR = 10.0
+MAX_PASSES = 100_000
 SEED = {"min": 0, "max": 2**32 - 1}  # what numpy, torch and the synthetic faces' hash all take
 DEVICE = re.compile(r"auto|cpu|mps|meta|cuda(:\d+)?")  # meta: shapes only, for tests
 
@@ -121,7 +125,7 @@ class PolicyConfig:
     baseline: str = "moving_average"  # moving_average | batch_mean (leave-one-out, per-sample k)
     alpha: float = 1.0  # weight of reward1 (loss of the current FRNet)
     beta: float = 1.0  # weight of reward2 (loss after one lookahead step)
-    lr: float = field(default=1e-4, metadata={"min_open": 0.0})
+    lr: float = field(default=1e-4, metadata={"min_open": 0.0, "max": MAX_LR})
     entropy: float = field(default=1e-3, metadata={"min": 0.0})
     baseline_momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     interval: int = field(default=1, metadata=_positive())
@@ -138,9 +142,9 @@ class ModelConfig:
     backbone: str = "ir_se_small"
     blocks: tuple[int, ...] = (1, 1, 1, 1)  # ir_se_small: IR-SE blocks per stage
     width: int = field(default=32, metadata=_positive())  # ir_se_small: channels of stage 1
-    embedding_size: int = field(default=512, metadata=_positive())
+    embedding_size: int = field(default=512, metadata=_positive(max=65_536))
     dropout: float = field(default=0.4, metadata={"min": 0.0, "max_open": 1.0})
-    scale: float = field(default=64.0, metadata={"min_open": 0.0})
+    scale: float = field(default=64.0, metadata={"min_open": 0.0, "max": 1024.0})  # InsightFace: 64
     margin: float = field(default=0.5, metadata={"min": 0.0})
 
 
@@ -149,8 +153,8 @@ class TrainConfig:
     """Local optimisation, shared by centralized runs and Flower clients."""
 
     batch_size: int = field(default=64, metadata=_positive())
-    epochs: int = field(default=1, metadata=_positive())
-    lr: float = field(default=0.1, metadata={"min_open": 0.0})
+    epochs: int = field(default=1, metadata=_positive(max=MAX_PASSES))
+    lr: float = field(default=0.1, metadata={"min_open": 0.0, "max": MAX_LR})
     momentum: float = field(default=0.9, metadata={"min": 0.0, "max_open": 1.0})
     weight_decay: float = field(default=1e-4, metadata={"min": 0.0})
     warmup_epochs: int = field(default=0, metadata={"min": 0})
@@ -170,8 +174,8 @@ class FederationConfig:
     DP-FedAvg, injected faults and the threat model's capture."""
 
     num_clients: int = field(default=4, metadata=_positive())  # Flower: the SuperNodes' count wins
-    rounds: int = field(default=3, metadata=_positive())
-    local_epochs: int = field(default=1, metadata=_positive())
+    rounds: int = field(default=3, metadata=_positive(max=MAX_PASSES))
+    local_epochs: int = field(default=1, metadata=_positive(max=MAX_PASSES))
     fraction_train: float = field(default=1.0, metadata={"min_open": 0.0, "max": 1.0})
     fraction_evaluate: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     min_clients: int = field(default=2, metadata=_positive())

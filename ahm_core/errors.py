@@ -5,7 +5,7 @@ Each data source names its own (`ahm_core.data.sources.Source.errors`)."""
 from __future__ import annotations
 
 from ahm_core.config import ConfigError
-from ahm_core.data.base import UnreadableImageError
+from ahm_core.data.base import UnreadableFileError, UnreadableImageError
 from ahm_core.data.sources import SOURCES
 from ahm_core.io import CheckpointError
 
@@ -13,6 +13,7 @@ GENERAL: tuple[type[Exception], ...] = (
     ConfigError,
     CheckpointError,
     UnreadableImageError,
+    UnreadableFileError,
     FileNotFoundError,
     NotADirectoryError,
     PermissionError,

@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ahm_core.checks import validate
-from ahm_core.config import AHMConfig, collect, from_dict
+from ahm_core.config import AHMConfig, ConfigError, collect, from_dict
 from ahm_core.data.sources import SOURCES
 from server.strategy import check_strategy
 from simulations.cells import RayOptions
@@ -104,6 +104,7 @@ def split_run_config(
     def check(cfg: AHMConfig) -> None:
         collect(
             [
+                lambda: cfg.train.device == "meta" and _refuse_meta(),
                 lambda: validate(cfg),
                 lambda: check_strategy(cfg.federation),
                 lambda: check_options is not None and check_options(cfg, options),
@@ -112,3 +113,10 @@ def split_run_config(
         )
 
     return from_dict(values, check), options
+
+
+def _refuse_meta() -> None:
+    raise ConfigError(
+        "train.device: meta holds shapes without values (for the library's tests); expected "
+        "auto, cpu, cuda, cuda:N or mps"
+    )

@@ -65,6 +65,13 @@ BAD = [
     ("profile=nope", "Could not find 'profile/nope'; Available options in 'profile': default,"),
     ("data=nope", "Could not find 'data/nope'; Available options in 'data': folder, insightface"),
     ("resume=maybe", "resume=maybe: Value 'maybe' is not a valid bool"),
+    # absurd but valid-looking: refused before anything starts, not a hang or a MemoryError
+    ("train.lr=1e300", "train.lr: must be <= 10.0, got 1e+300"),
+    ("model.scale=1e300", "model.scale: must be <= 1024.0, got 1e+300"),
+    ("federation.local_epochs=1000000000", "federation.local_epochs: must be <= 100000, got"),
+    ("model.embedding_size=2147483648", "model.embedding_size: must be <= 65536, got"),
+    ("data.num_identities=1000000000", "data.num_identities: a run of this config needs at least"),
+    ("train.device=meta", "train.device: meta holds shapes without values"),
 ]
 # Failing only once the data is read: in the process itself for these two (a federation's
 # ServerApp reads them; see test_flwr_run_ends_bad_input_in_one_line).
@@ -96,6 +103,31 @@ def _no_launch(*args, **kwargs):
 
 @pytest.mark.parametrize(("entry", "override", "line"), CASES)
 def test_a_bad_override_ends_in_one_line(entry, override, line, tmp_path, monkeypatch, capsys):
+    _ends_in_one_line(entry, override, line, tmp_path, monkeypatch)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_data_and_path_errors_end_in_one_line(tmp_path, monkeypatch, capsys):
+    """A symlink loop as a .bin path or as the data root, an empty root, identity folders with
+    no images: each one line (data_summary says the same of them)."""
+    loop, other = tmp_path / "loop.bin", tmp_path / "other.bin"
+    loop.symlink_to(other)
+    other.symlink_to(loop)
+    empty, thin = tmp_path / "empty", tmp_path / "thin"
+    empty.mkdir()
+    for name in ("a", "b"):
+        (thin / name).mkdir(parents=True)
+    for override, line in [
+        (f"data.verification=[{loop}]", f"{loop}: cannot open it (Too many levels of symbolic"),
+        (f"data=folder data.root={loop}", f"data.root: {loop} is not a folder"),
+        (f"data=folder data.root={empty}", f"no identity folder in {empty} holds >= 2 readable"),
+        (f"data=folder data.root={thin}", "(2 identity_below_min_images, 0 image_of_small"),
+    ]:
+        _ends_in_one_line("centralized", override, line, tmp_path / "run", monkeypatch)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _ends_in_one_line(entry: str, override: str, line: str, tmp_path: Path, monkeypatch) -> None:
     main = importlib.import_module(f"simulations.{entry}").main
     monkeypatch.setattr(simulations.flower, "launch", _no_launch)
     monkeypatch.setattr(importlib.import_module("simulations.federated"), "launch", _no_launch)
@@ -110,7 +142,6 @@ def test_a_bad_override_ends_in_one_line(entry, override, line, tmp_path, monkey
     assert isinstance(message, str), f"exit status {message}, expected one line"
     assert message.startswith(f"{entry}: ") and "\n" not in message, message
     assert line in message, message
-    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", [None, "-v", "--verbose"])

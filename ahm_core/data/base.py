@@ -33,6 +33,11 @@ FORMATS = ("JPEG", "PNG", "PPM", "BMP", "GIF", "WEBP")  # no TIFF, EPS (Ghostscr
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError)
 
 
+class UnreadableFileError(ValueError):
+    """A path that cannot be opened as a regular file for reading (a symlink loop, a FIFO, a
+    device, a folder); the message names it."""
+
+
 class UnreadableImageError(ValueError):
     """An image file or record that cannot be decoded (empty, truncated, not an image)."""
 
@@ -56,14 +61,19 @@ class _FileReader(io.BufferedReader):
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """`path` opened for binary reading, refused (ValueError) unless a regular file (reading a
-    FIFO or a device named like an image would block or never end); no read asks for more than
-    the file holds."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO cannot hang
+    """`path` opened for binary reading, refused (UnreadableFileError) unless a regular file
+    that opens (reading a FIFO or a device named like an image would block or never end); no
+    read asks for more than the file holds. A missing or forbidden file keeps its own error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO cannot hang
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as err:  # a symlink loop, a name too long, ...
+        raise UnreadableFileError(f"{path}: cannot open it ({err.strerror})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path}: not a regular file (a FIFO, device or folder)")
+            raise UnreadableFileError(f"{path}: not a regular file (a FIFO, device or folder)")
         os.set_blocking(fd, True)
         return _FileReader(io.FileIO(fd, "rb"), info.st_size)
     except BaseException:

@@ -38,6 +38,10 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp")
 log = logging.getLogger(__name__)
 
 
+class FaceFolderError(ValueError):
+    """A data root that holds no usable identity folder, or cannot be listed."""
+
+
 class FolderFaces(FaceSet):
     """root/<identity>/<image>: one folder per identity; labels follow natural name order
     (s1, s2, ..., s10), images within a folder likewise."""
@@ -59,7 +63,7 @@ class FolderFaces(FaceSet):
         try:
             entries = sorted(self.root.iterdir(), key=_natural)
         except OSError as err:
-            raise ValueError(f"data.root: cannot list {self.root} ({err.strerror})") from None
+            raise FaceFolderError(f"data.root: cannot list {self.root} ({err.strerror})") from None
         files, labels, names = [], [], []
         for entry in entries:
             reason, info = _follow(entry)
@@ -82,7 +86,7 @@ class FolderFaces(FaceSet):
             labels += [len(names)] * len(kept)
             names.append(entry.name)
         if not files:
-            raise ValueError(
+            raise FaceFolderError(
                 f"data.root: no identity folder in {self.root} holds >= {min_images} readable "
                 f"images ({self._skipped_text()})"
             )
@@ -209,5 +213,8 @@ def _complete(img: Image.Image) -> bool:
 
 register(
     "folder",
-    Source(lambda cfg: FolderFaces(cfg.root, cfg.image_size, cfg.min_images, cfg.max_pixels)),
+    Source(
+        lambda cfg: FolderFaces(cfg.root, cfg.image_size, cfg.min_images, cfg.max_pixels),
+        errors=(FaceFolderError,),
+    ),
 )
