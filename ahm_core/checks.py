@@ -7,6 +7,7 @@ checked on the server's side (`server.strategy.check_strategy`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from functools import partial
 
 from ahm_core.attacks.gradient_inversion import OBJECTIVES
@@ -20,23 +21,34 @@ from ahm_core.masking.methods import METHODS, mixing_ks
 from ahm_core.models.backbones import BACKBONES, check_stages, stage_blocks
 from ahm_core.policy import BASELINES, CONTEXTS, NETS, REWARDS
 
+# Option -> the registry whose names it accepts (each name of a list option).
+REGISTRIES: dict[str, Collection[str]] = {
+    "data.source": SOURCES,
+    "masking.method": METHODS,
+    "model.backbone": BACKBONES,
+    "policy.net": NETS,
+    "policy.reward": REWARDS,
+    "policy.baseline": BASELINES,
+    "policy.context": CONTEXTS,
+    "federation.partition": SCHEMES,
+    "federation.fault_mode": MODES,
+    "attack.gi_objective": OBJECTIVES,
+    "attack.defences": METHODS,
+    "attack.judges": JUDGES,
+}
+
+
+def _values(value: object) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
 
 def validate(cfg: AHMConfig) -> AHMConfig:
     """Raise one `ConfigError` naming every bad option; return cfg unchanged when it is sound.
     The checks that look a name up in its registry run only when that name is known."""
     choices = [
-        ("data.source", cfg.data.source, SOURCES),
-        ("masking.method", cfg.masking.method, METHODS),
-        ("model.backbone", cfg.model.backbone, BACKBONES),
-        ("policy.net", cfg.policy.net, NETS),
-        ("policy.reward", cfg.policy.reward, REWARDS),
-        ("policy.baseline", cfg.policy.baseline, BASELINES),
-        ("policy.context", cfg.policy.context, CONTEXTS),
-        ("federation.partition", cfg.federation.partition, SCHEMES),
-        ("federation.fault_mode", cfg.federation.fault_mode, MODES),
-        ("attack.gi_objective", cfg.attack.gi_objective, OBJECTIVES),
-        *(("attack.defences", defence, METHODS) for defence in cfg.attack.defences),
-        *(("attack.judges", judge, JUDGES) for judge in cfg.attack.judges),
+        (name, value, registry)
+        for name, registry in REGISTRIES.items()
+        for value in _values(getattr(getattr(cfg, name.split(".")[0]), name.split(".")[1]))
     ]
     try:
         check_schema(cfg)

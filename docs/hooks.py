@@ -82,20 +82,13 @@ def _bounds(meta: typing.Mapping[str, typing.Any]) -> str:
 
 
 def choices() -> dict[str, list[str]]:
-    """Option -> the names it accepts, for every `check_choice("option", value, REGISTRY)` call
-    of `ahm_core.checks.validate`: the registries themselves, so the list is what is accepted."""
+    """Option -> the names it accepts: `ahm_core.checks.REGISTRIES`, the registries that
+    `validate` checks against, so the list is what is accepted."""
     try:
-        import ahm_core.checks as checks
+        from ahm_core.checks import REGISTRIES
     except ImportError:
         return {}
-    out: dict[str, list[str]] = {}
-    for node in ast.walk(ast.parse(inspect.getsource(checks))):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "check_choice"):
-            continue
-        name, _, registry = [*node.args, None, None, None][:3]
-        if isinstance(name, ast.Constant) and isinstance(registry, ast.Name):
-            out[name.value] = sorted(getattr(checks, registry.id))
-    return out
+    return {option: sorted(registry) for option, registry in REGISTRIES.items()}
 
 
 def _cell(text: str) -> str:
