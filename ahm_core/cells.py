@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ahm_core.config import AHMConfig, ConfigError, apply_overrides, to_flat
 from ahm_core.evaluate import identity_interval
 from ahm_core.experiment import run_centralized
-from ahm_core.io import atomic_write, load_checkpoint
+from ahm_core.io import atomic_write, load_checkpoint, read_record
 from ahm_core.judges import judges
 from ahm_core.masking.methods import Row
 from ahm_core.scoring import measure_privacy
@@ -109,7 +109,7 @@ def cached(cell: Cell) -> dict | None:
     path = cell.folder / "row.json"
     if not path.exists():
         return None
-    result = json.loads(path.read_text())
+    result = read_record(path)
     same = result.get("config") == _key(cell.cfg) and result.get("judge") == _judge(cell)
     return result if result.get("version") == ROW_VERSION and same else None
 

@@ -77,7 +77,7 @@ def conform(label: str, value: Any, like: Any, field: str = "") -> None:
         _fail(label, field, f"expected nothing (None), got a {_kind(value)}")
 
 
-def count(label: str, field: str, value: Any, top: int) -> int:
+def in_range(label: str, field: str, value: Any, top: int) -> int:
     """An integer in [0, top]: a round, a step or an epoch."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
         _fail(label, field, f"expected an integer in [0, {top}], got {value!r}")

@@ -3,12 +3,13 @@
 `atomic_write`: a reader sees the old file or the whole new one, never a partial write, and the
 new one survives a crash of the machine once the call returns (the file is fsynced before the
 rename, its folder after). `load_checkpoint`: a torch file read with weights_only, whose errors
-name the file.
+name the file. `read_record`: a run's JSON record (rounds.json, row.json) likewise.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -20,7 +21,8 @@ import torch
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or lacks what the reader needs; the message names it."""
+    """A file AHM wrote and reads back (a checkpoint, a run's JSON record) that cannot be read,
+    or lacks what the reader needs; the message names it and the field."""
 
 
 def _umask() -> int:
@@ -101,3 +103,26 @@ def _unreadable(err: BaseException) -> str:
     if not isinstance(err, pickle.UnpicklingError | RuntimeError | OSError):
         sentence = f"{type(err).__name__}: {sentence}" if sentence else type(err).__name__
     return f"not a readable checkpoint ({sentence or type(err).__name__})"
+
+
+def read_record(path: str | os.PathLike, required: Iterable[str] = ()) -> dict:
+    """A JSON object written by a run (rounds.json, row.json) holding the `required` keys; a
+    missing, unreadable, malformed or foreign file raises CheckpointError naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, expected a JSON file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read it ({err})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: holds a {type(record).__name__}, expected a JSON object")
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise CheckpointError(f"{path}: not this kind of record (no {', '.join(missing)})")
+    return record

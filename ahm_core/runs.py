@@ -4,25 +4,33 @@ the k histograms that runs and rounds count."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ahm_core.checkpoints import in_range, records
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
-from ahm_core.io import load_checkpoint
+from ahm_core.io import CheckpointError, load_checkpoint, read_record
 
 REFERENCE = "evaluator"  # the run folder's unmasked ArcFace reference network (the own judge)
 
 
 def load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, dict, dict]:
     """A finished run's config (with `attack_cfg`'s attack budget), checkpoint and rounds.json."""
-    saved = load_checkpoint(run_dir / "checkpoint.pt", required=("config", "state"))
-    cfg = from_dict(saved["config"])
+    checkpoint = run_dir / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint, required=("config", "state", "round"))
+    config = saved["config"]
+    if not isinstance(config, dict) or not all(isinstance(s, dict) for s in config.values()):
+        raise CheckpointError(f"{checkpoint}: config: expected a mapping of sections")
+    cfg = from_dict(config)
+    done = in_range(str(checkpoint), "round", saved["round"], cfg.federation.rounds)
     if attack_cfg is not None:
         budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}
         cfg = apply_overrides(cfg, budget)
-    return cfg, saved, json.loads((run_dir / "rounds.json").read_text())
+    path = run_dir / "rounds.json"
+    summary = read_record(path, ("rounds", "final_accuracy"))
+    records(str(path), "rounds", summary["rounds"], "round", done + 1)
+    return cfg, saved, summary
 
 
 def trained_figures(summary: dict) -> dict[str, Any]:

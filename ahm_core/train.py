@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ahm_core.checkpoints import conform, count, distribution, optimiser
+from ahm_core.checkpoints import conform, distribution, in_range, optimiser
 from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
@@ -436,8 +436,8 @@ class Trainer:
             conform(label, rest, {k: like["policy"][k] for k in kept}, "policy")
             optimiser(label, "policy.optimizer", policy.get("optimizer"), self.policy.optimizer)
         epochs = state["config"].get("train", {}).get("epochs")
-        count(label, "epoch", state["epoch"], epochs if isinstance(epochs, int) else 0)
-        count(label, "step", state["step"], 2**62)
+        in_range(label, "epoch", state["epoch"], epochs if isinstance(epochs, int) else 0)
+        in_range(label, "step", state["step"], 2**62)
         optimiser(label, "optimizer", state["optimizer"], self.optimizer)
         if self.first_stage is None:
             conform(label, state["first_stage"], None, "first_stage")

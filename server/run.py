@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ahm_core.checkpoints import conform, count, records
+from ahm_core.checkpoints import conform, in_range, records
 from ahm_core.config import AHMConfig, refuse_changed_config, to_dict
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.evaluate import benchmark_line
@@ -84,7 +84,7 @@ class ServerRun:
             raise CheckpointError(f"{label}: config: expected a mapping of sections")
         refuse_changed_config(self.checkpoint, config, self.cfg)
         rounds = config.get("federation", {}).get("rounds")
-        done = count(label, "round", saved["round"], rounds if isinstance(rounds, int) else 0)
+        done = in_range(label, "round", saved["round"], rounds if isinstance(rounds, int) else 0)
         conform(label, saved["state"], self.state, "state")
         records(label, "history", saved["history"], "round", done + 1)
         check_server_state(label, saved["server_state"], self.state)

@@ -13,7 +13,6 @@ read from /proc.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ import tomli_w
 
 from ahm_core.config import AHMConfig, to_flat
 from ahm_core.federated import APP_DEFAULTS
-from ahm_core.io import atomic_write
+from ahm_core.io import atomic_write, read_record
 from server.app import status_error
 
 PROJECT = Path(__file__).resolve().parents[1]  # holds pyproject.toml's [tool.flwr.app]
@@ -148,7 +147,7 @@ def launch(
     error = status_error(out_dir, token)
     if error is not None:
         raise ServerAppError(error)
-    return json.loads((out_dir / "rounds.json").read_text())
+    return read_record(out_dir / "rounds.json", ("rounds",))
 
 
 @contextlib.contextmanager

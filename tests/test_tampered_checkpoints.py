@@ -15,6 +15,7 @@ from scales import NODES, ONE_ROUND, TRAIN, config
 
 from ahm_core.experiment import run_centralized
 from ahm_core.io import CheckpointError
+from ahm_core.runs import load_run
 from simulations.local import run_local
 
 Tamper = Callable[[dict], None]
@@ -206,3 +207,47 @@ def test_an_untouched_federated_checkpoint_resumes(federated_runs, tmp_path):
         folder = tmp_path / cfg.federation.strategy
         shutil.copytree(finished, folder)
         assert len(run_local(cfg, folder, NODES)["rounds"]) == 2
+
+
+def _rounds(write: Callable[[Path], None]) -> Callable[[Path], None]:
+    def tamper(folder: Path) -> None:
+        path = folder / "rounds.json"
+        path.unlink()
+        write(path)
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    ("tamper", "field"),
+    [
+        (_rounds(lambda p: p.write_text("{")), "rounds.json: not JSON (Expecting"),
+        (_rounds(lambda p: p.mkdir()), "rounds.json: a folder, expected a JSON file"),
+        (_rounds(lambda p: p.write_text("[1, 2]")), "rounds.json: holds a list"),
+        (_rounds(lambda p: p.write_text('{"rounds": []}')), "rounds.json: not this kind"),
+        (
+            _rounds(lambda p: p.write_text('{"rounds": [], "final_accuracy": 1}')),
+            "rounds.json: rounds: expected a list of 2 records, got 0 records",
+        ),
+        (_rounds(lambda p: None), "rounds.json: no such file"),
+    ],
+)
+def test_a_run_folder_the_reports_read_is_checked(federated_runs, tamper, field, tmp_path):
+    """The threat model and the reports read a finished run's rounds.json: one line each."""
+    _, finished = federated_runs["fedadam"]
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    tamper(folder)
+    with pytest.raises(CheckpointError) as err:
+        load_run(folder, None)
+    assert str(err.value).startswith(f"{folder}/{field}"), str(err.value)
+
+
+def test_a_run_folder_whose_config_is_not_a_mapping_is_refused(federated_runs, tmp_path):
+    _, finished = federated_runs["fedadam"]
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)
+    torch.save({**saved, "config": ["not", "a", "config"]}, folder / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: config: expected a mapping"):
+        load_run(folder, None)
