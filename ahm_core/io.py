@@ -74,12 +74,17 @@ def load_checkpoint(
         raise CheckpointError(f"{label}: no such checkpoint") from None
     except Exception as err:  # a malformed file makes the unpickler raise anything
         raise CheckpointError(f"{label}: {_unreadable(err)}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{label}: holds a {type(state).__name__}, not a checkpoint dict")
-    missing = [key for key in required if key not in state]
+    return _holding(label, state, required, "checkpoint")
+
+
+def _holding(label: str, value: Any, required: Iterable[str], kind: str) -> dict:
+    """`value` when it is a dict holding the `required` keys, else CheckpointError naming it."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{label}: holds a {type(value).__name__}, not a {kind} dict")
+    missing = [key for key in required if key not in value]
     if missing:
-        raise CheckpointError(f"{label}: not this kind of checkpoint (no {', '.join(missing)})")
-    return state
+        raise CheckpointError(f"{label}: not this kind of {kind} (no {', '.join(missing)})")
+    return value
 
 
 def _unreadable(err: BaseException) -> str:
@@ -120,9 +125,4 @@ def read_record(path: str | os.PathLike, required: Iterable[str] = ()) -> dict:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path}: holds a {type(record).__name__}, expected a JSON object")
-    missing = [key for key in required if key not in record]
-    if missing:
-        raise CheckpointError(f"{path}: not this kind of record (no {', '.join(missing)})")
-    return record
+    return _holding(str(path), record, required, "record")
