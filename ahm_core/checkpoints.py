@@ -77,6 +77,13 @@ def conform(label: str, value: Any, like: Any, field: str = "") -> None:
         _fail(label, field, f"expected nothing (None), got a {_kind(value)}")
 
 
+def sections(label: str, config: Any) -> dict[str, dict]:
+    """A saved config (`to_dict` shape): a mapping of sections, each a mapping."""
+    if not isinstance(config, dict) or not all(isinstance(s, dict) for s in config.values()):
+        _fail(label, "config", "expected a mapping of sections")
+    return config
+
+
 def in_range(label: str, field: str, value: Any, top: int) -> int:
     """An integer in [0, top]: a round, a step or an epoch."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
@@ -90,11 +97,13 @@ def records(label: str, field: str, value: Any, key: str, length: int) -> list[d
     if not isinstance(value, list) or len(value) != length:
         got = f"{len(value)} records" if isinstance(value, list) else f"a {_kind(value)}"
         _fail(label, field, f"expected a list of {length} records, got {got}")
+    first = None
     for i, record in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(record, Mapping):
             _fail(label, where, f"expected a record (mapping), got a {_kind(record)}")
-        first = value[0][key] if isinstance(value[0].get(key), int) else None
+        if i == 0 and isinstance(record.get(key), int):
+            first = record[key]
         if first is None or record.get(key) != first + i or isinstance(record.get(key), bool):
             _fail(
                 label, where, f"{key} {record.get(key)!r}, expected the records numbered in order"

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ahm_core.checkpoints import in_range, records
+from ahm_core.checkpoints import in_range, records, sections
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
-from ahm_core.io import CheckpointError, load_checkpoint, read_record
+from ahm_core.io import load_checkpoint, read_record
 
 REFERENCE = "evaluator"  # the run folder's unmasked ArcFace reference network (the own judge)
 
@@ -19,10 +19,7 @@ def load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, di
     """A finished run's config (with `attack_cfg`'s attack budget), checkpoint and rounds.json."""
     checkpoint = run_dir / "checkpoint.pt"
     saved = load_checkpoint(checkpoint, required=("config", "state", "round"))
-    config = saved["config"]
-    if not isinstance(config, dict) or not all(isinstance(s, dict) for s in config.values()):
-        raise CheckpointError(f"{checkpoint}: config: expected a mapping of sections")
-    cfg = from_dict(config)
+    cfg = from_dict(sections(str(checkpoint), saved["config"]))
     done = in_range(str(checkpoint), "round", saved["round"], cfg.federation.rounds)
     if attack_cfg is not None:
         budget = {k: v for k, v in to_flat(attack_cfg).items() if k.startswith("attack.")}

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ahm_core.checkpoints import conform, distribution, in_range, optimiser
+from ahm_core.checkpoints import conform, distribution, in_range, optimiser, sections
 from ahm_core.config import AHMConfig, ConfigError, refuse_changed_config, to_dict
 from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
@@ -406,11 +406,7 @@ class Trainer:
         """Load a checkpoint written by `save` under this config (tensors and plain data only:
         weights_only) that holds the `required` extra entries; returns it, extras included."""
         state = load_checkpoint(path, (*STATE_KEYS, *required), map_location=self.device)
-        if not isinstance(state["config"], dict) or not all(
-            isinstance(section, dict) for section in state["config"].values()
-        ):
-            raise CheckpointError(f"{path}: config: expected a mapping of sections")
-        refuse_changed_config(path, state["config"], self.cfg)
+        refuse_changed_config(path, sections(str(path), state["config"]), self.cfg)
         self.check_state(str(path), state)
         self.load_state_dict(state)
         return state

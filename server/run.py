@@ -23,12 +23,12 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from ahm_core.checkpoints import conform, in_range, records
+from ahm_core.checkpoints import conform, in_range, records, sections
 from ahm_core.config import AHMConfig, refuse_changed_config, to_dict
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.evaluate import benchmark_line
 from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
-from ahm_core.io import CheckpointError, atomic_write, load_checkpoint
+from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.methods import mixing_ks
 from server.metrics import ServerMetrics
 from server.privacy import epsilon_spent
@@ -79,9 +79,7 @@ class ServerRun:
     def _resume(self) -> None:
         saved = load_checkpoint(self.checkpoint, required=CHECKPOINT_KEYS)
         label = str(self.checkpoint)
-        config = saved["config"]
-        if not isinstance(config, dict) or not all(isinstance(s, dict) for s in config.values()):
-            raise CheckpointError(f"{label}: config: expected a mapping of sections")
+        config = sections(label, saved["config"])
         refuse_changed_config(self.checkpoint, config, self.cfg)
         rounds = config.get("federation", {}).get("rounds")
         done = in_range(label, "round", saved["round"], rounds if isinstance(rounds, int) else 0)
