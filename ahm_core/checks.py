@@ -18,7 +18,7 @@ from ahm_core.faults import MODES
 from ahm_core.judges import JUDGES
 from ahm_core.masking.first_stage import FIRST_STAGES
 from ahm_core.masking.methods import METHODS, mixing_ks
-from ahm_core.models.backbones import BACKBONES, check_stages, stage_blocks
+from ahm_core.models.backbones import BACKBONES, NORMS, check_stages, stage_blocks
 from ahm_core.policy import BASELINES, CONTEXTS, NETS, REWARDS
 
 # Option -> the registry whose names it accepts (each name of a list option).
@@ -26,6 +26,7 @@ REGISTRIES: dict[str, Collection[str]] = {
     "data.source": SOURCES,
     "masking.method": METHODS,
     "model.backbone": BACKBONES,
+    "model.norm": NORMS,
     "policy.net": NETS,
     "policy.reward": REWARDS,
     "policy.baseline": BASELINES,
@@ -75,6 +76,7 @@ def validate(cfg: AHMConfig) -> AHMConfig:
                 and _check_mixing(cfg)
             ),
             lambda: not bad and cfg.model.backbone in BACKBONES and _check_memory(cfg),
+            lambda: known[1] and cfg.train.dp_sgd and _check_dp_sgd(cfg),
         ],
         schema,
     )
@@ -96,6 +98,31 @@ def _check_mixing(cfg: AHMConfig) -> None:
             f"1 can all stay below it, got {cfg.mixup.max_coef}"
         )
     collect((), problems)
+
+
+def _check_dp_sgd(cfg: AHMConfig) -> None:
+    """DP-SGD's noise covers the recogniser's gradients only: refuse a method with another part
+    that learns from the same images (the policy's k, a fitted or trained first stage)."""
+    method = METHODS[cfg.masking.method]
+    stage = FIRST_STAGES[method.first_stage]
+    learner = (
+        "its policy draws each k from the images"
+        if method.batch_mix == "adaptive"
+        else f"its first stage {stage.name} learns from the images"
+        if stage.fitted or stage.learns
+        else None
+    )
+    if learner:
+        raise ConfigError(
+            f"train.dp_sgd: its noise covers the recogniser's gradients only, and "
+            f"masking.method={cfg.masking.method}: {learner} without noise; expected a method "
+            f"without a policy or a learning first stage"
+        )
+    if cfg.federation.strategy == "fedprox":
+        raise ConfigError(
+            "train.dp_sgd: FedProx's proximal term has no per-sample gradient to clip; expected "
+            "federation.strategy other than fedprox"
+        )
 
 
 def footprint(cfg: AHMConfig) -> dict[str, int]:

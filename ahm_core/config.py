@@ -146,6 +146,9 @@ class ModelConfig:
     dropout: float = field(default=0.4, metadata={"min": 0.0, "max_open": 1.0})
     scale: float = field(default=64.0, metadata={"min_open": 0.0, "max": 1024.0})  # InsightFace: 64
     margin: float = field(default=0.5, metadata={"min": 0.0})
+    # batch: BatchNorm; group: GroupNorm in its place (what per-sample gradients need:
+    # BatchNorm mixes the samples of a batch), `models.backbones._group_norm`
+    norm: str = "batch"
 
 
 @dataclass
@@ -166,6 +169,14 @@ class TrainConfig:
     progress: bool = True  # a progress bar per epoch
     seed: int = field(default=0, metadata=SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # DP-SGD (Opacus): each sample's gradient clipped to dp_max_grad_norm (in place of
+    # grad_clip), Gaussian noise of dp_noise_multiplier x that norm added to their sum, batches
+    # drawn by Poisson sampling at batch_size / images; epsilon at dp_delta from Opacus's RDP
+    # accountant. Needs model.norm=group and a method without a policy.
+    dp_sgd: bool = False
+    dp_noise_multiplier: float = field(default=1.0, metadata={"min": 0.0})
+    dp_max_grad_norm: float = field(default=1.0, metadata={"min_open": 0.0})
+    dp_delta: float = field(default=1e-5, metadata={"min_open": 0.0, "max_open": 1.0})
 
 
 @dataclass
@@ -205,6 +216,9 @@ class FederationConfig:
     max_update_norm: float = field(default=0.0, metadata={"min": 0.0})  # absolute; 0: none
     update_norm_spread: float = field(default=3.0, metadata={"min_open": 1.0})  # x round median
     min_update_cosine: float = field(default=0.0, metadata={"min": -1.0, "max": 1.0})  # stats
+    max_pair_cosine: float = field(default=0.5, metadata={"min": -1.0, "max": 1.0})  # 1: off
+    clip_ratio: float = field(default=1.0, metadata={"min": 0.0})  # x round median norm; 0: off
+    median_statistics: bool = True  # BatchNorm statistics: the accepted updates' median
     max_weight_ratio: float = field(default=2.0, metadata={"min": 1.0})  # x median num-examples
     # DP-FedAvg: Flower's differential-privacy wrappers (none | server_fixed | server_adaptive |
     # client_fixed | client_adaptive), accounted with Opacus's RDP accountant.
@@ -216,6 +230,23 @@ class FederationConfig:
     # adaptive: the clipped-count noise; 0: Flower's default, sampled clients / 20
     dp_clipped_count_stddev: float = field(default=0.0, metadata={"min": 0.0})
     dp_delta: float = field(default=1e-5, metadata={"min_open": 0.0, "max_open": 1.0})
+    # Local DP: Flower's LocalDpMod on every client clips its update to local_dp_clipping_norm
+    # and adds Gaussian noise of std sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon to every
+    # value it sends, each round; accounted over rounds with Opacus's RDP accountant.
+    local_dp: bool = False
+    local_dp_clipping_norm: float = field(default=1.0, metadata={"min_open": 0.0})
+    local_dp_sensitivity: float = field(default=1.0, metadata={"min_open": 0.0})
+    local_dp_epsilon: float = field(default=1.0, metadata={"min_open": 0.0})
+    local_dp_delta: float = field(default=1e-5, metadata={"min_open": 0.0, "max_open": 1.0})
+    # Secure aggregation: Flower's SecAgg+ (server.secagg). Shares and threshold up to 1 are
+    # proportions (of the sampled clients, of the shares), above 1 counts (a count of shares
+    # odd and at most min_clients); every value of an update is clipped to
+    # +-secagg_clipping_range and quantised to secagg_quantization_range levels.
+    secagg: bool = False
+    secagg_num_shares: float = field(default=1.0, metadata={"min_open": 0.0})
+    secagg_reconstruction_threshold: float = field(default=0.67, metadata={"min_open": 0.0})
+    secagg_clipping_range: float = field(default=8.0, metadata={"min_open": 0.0})
+    secagg_quantization_range: int = field(default=4_194_304, metadata={"min": 2, "max": 2**31})
     capture_clients: int = field(default=0, metadata={"min": 0})  # threat model: updates stored
     # Injected faults, for tests and the Byzantine study (ahm_core.faults.MODES).
     fault_fraction: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
@@ -262,6 +293,11 @@ class AttackConfig:
     gi_iterations: int = field(default=300, metadata=_positive())
     gi_restarts: int = field(default=2, metadata=_positive())
     gi_local_steps: int = field(default=1, metadata=_positive())  # 1: FedSGD; E > 1: FedAvg
+    # Secure aggregation shows the server the mean of N clients' updates: the inverted update is
+    # that mean, each client holding gi_batch images (1: one client's own update), and a
+    # SecAgg+ run's reports invert it at each N of gi_aggregated.
+    gi_clients: int = field(default=1, metadata=_positive(max=64))
+    gi_aggregated: tuple[int, ...] = (1, 2, 4, 8)
     # blend | per_layer | global: the mean of per-tensor cosines, one cosine over all parameters,
     # or the mean of the two (blend: at least as strong as breaching on 1, 4 and 8 images)
     gi_objective: str = "blend"
@@ -346,6 +382,17 @@ def _consistency(cfg: AHMConfig) -> list[str]:
     problems += [
         f"policy.k_set: k must be >= 2 (k images mixed), got {k}" for k in cfg.policy.k_set if k < 2
     ]
+    if cfg.federation.local_dp and cfg.federation.screen:
+        problems.append(
+            "federation.local_dp: every update carries LocalDpMod's noise, which the screen's "
+            "bounds on an update's norm and direction were not set for; expected "
+            "federation.screen=false (the reply checks stay)"
+        )
+    if cfg.train.dp_sgd and cfg.model.norm != "group":
+        problems.append(
+            "train.dp_sgd: per-sample gradients need a network whose samples do not mix, and "
+            "BatchNorm mixes them; expected model.norm=group"
+        )
     if cfg.federation.min_clients > cfg.federation.num_clients:
         problems.append(
             f"federation.min_clients: {cfg.federation.min_clients} exceeds "

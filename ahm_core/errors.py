@@ -7,11 +7,12 @@ from __future__ import annotations
 from ahm_core.config import ConfigError
 from ahm_core.data.base import UnreadableFileError, UnreadableImageError
 from ahm_core.data.sources import SOURCES
-from ahm_core.io import CheckpointError
+from ahm_core.io import CheckpointError, OutputPathError
 
 GENERAL: tuple[type[Exception], ...] = (
     ConfigError,
     CheckpointError,
+    OutputPathError,
     UnreadableImageError,
     UnreadableFileError,
     FileNotFoundError,

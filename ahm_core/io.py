@@ -25,6 +25,11 @@ class CheckpointError(ValueError):
     or lacks what the reader needs; the message names it and the field."""
 
 
+class OutputPathError(OSError):
+    """A path AHM writes that something other than a regular file holds (a folder, a device):
+    nothing is written there, and the message names it."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -41,8 +46,12 @@ def _fsync(path: Path) -> None:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call write(tmp) on a temporary file beside `path`, fsync it, rename it over `path` and
-    fsync the folder, so the rename itself is on disk."""
+    fsync the folder, so the rename itself is on disk. A folder or other non-file at `path`
+    raises OutputPathError before anything is written."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise OutputPathError(f"{path}: is {kind}; expected a file AHM can write (move it away)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -135,7 +135,14 @@ def _metrics(msg: Message, schema: Mapping[str, tuple[Callable, Any]], limits: L
     records = msg.content.metric_records
     if len(records) != 1:
         raise RejectedError("malformed", f"expected one MetricRecord, got {len(records)}")
-    given = next(iter(records.values()))
+    return check_values(next(iter(records.values())), schema, limits)
+
+
+def check_values(
+    given: Mapping[str, Any], schema: Mapping[str, tuple[Callable, Any]], limits: Limits
+) -> dict:
+    """A reply's metrics against `schema`, canonical (defaults filled in); raises
+    `RejectedError` ("metrics") naming the first bad one."""
     metrics = {}
     for name, (check, default) in schema.items():
         if name not in given:

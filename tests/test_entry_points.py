@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from scales import TRAIN, hydra_args
 
 import simulations.flower
+from ahm_core.data.synthetic import SynthFaces, write_image_folder
 from simulations.cli import entry
 from simulations.flower import PROJECT, flwr_env, stop_superlink
 from simulations.schema import register
@@ -72,6 +73,10 @@ BAD = [
     ("model.embedding_size=2147483648", "model.embedding_size: must be <= 65536, got"),
     ("data.num_identities=1000000000", "data.num_identities: a run of this config needs at least"),
     ("train.device=meta", "train.device: meta holds shapes without values"),
+    # privacy settings that cannot work together
+    ("federation.local_dp=true", "federation.local_dp: every update carries LocalDpMod's noise"),
+    ("train.dp_sgd=true masking.method=arcface", "train.dp_sgd: per-sample gradients need a"),
+    ("model.norm=layer", "model.norm: unknown value 'layer'; expected one of batch, group"),
 ]
 # Failing only once the data is read: in the process itself for these two (a federation's
 # ServerApp reads them; see test_flwr_run_ends_bad_input_in_one_line).
@@ -108,8 +113,9 @@ def test_a_bad_override_ends_in_one_line(entry, override, line, tmp_path, monkey
 
 
 def test_data_and_path_errors_end_in_one_line(tmp_path, monkeypatch, capsys):
-    """A symlink loop as a .bin path or as the data root, an empty root, identity folders with
-    no images: each one line (data_summary says the same of them)."""
+    """A folder where the run writes its result (the checkpoint kept), a symlink loop as a .bin
+    path or as the data root, an empty root, identity folders with no images: each one line
+    (data_summary says the same of them)."""
     loop, other = tmp_path / "loop.bin", tmp_path / "other.bin"
     loop.symlink_to(other)
     other.symlink_to(loop)
@@ -117,6 +123,16 @@ def test_data_and_path_errors_end_in_one_line(tmp_path, monkeypatch, capsys):
     empty.mkdir()
     for name in ("a", "b"):
         (thin / name).mkdir(parents=True)
+    occupied = tmp_path / "occupied"
+    (occupied / "metrics.json").mkdir(parents=True)  # where the run writes its result
+    _ends_in_one_line(
+        "centralized",
+        "",
+        f"{occupied}/metrics.json: is a folder; expected a file",
+        occupied,
+        monkeypatch,
+    )
+    assert (occupied / "metrics.json").is_dir() and (occupied / "checkpoint.pt").is_file()
     for override, line in [
         (f"data.verification=[{loop}]", f"{loop}: cannot open it (Too many levels of symbolic"),
         (f"data=folder data.root={loop}", f"data.root: {loop} is not a folder"),
@@ -127,12 +143,34 @@ def test_data_and_path_errors_end_in_one_line(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_data_folder_that_gained_an_identity_cannot_resume_its_run(tmp_path, monkeypatch):
+    """The checkpoint's ArcFace head has one class per identity the run trained on: a folder with
+    one more refuses the resume in one line naming the field, and the checkpoint stays."""
+    root, run = tmp_path / "faces", tmp_path / "run"
+    write_image_folder(SynthFaces(8, 6, size=32), root)
+    main = importlib.import_module("simulations.centralized").main
+    args = [*TINY, "data=folder", f"data.root={root}", f"hydra.run.dir={run}"]
+    monkeypatch.setattr(sys, "argv", ["centralized", *args, "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    main()
+    before = (run / "checkpoint.pt").read_bytes()
+    write_image_folder(SynthFaces(9, 6, size=32), root)  # id_00008 is new
+    _ends_in_one_line(
+        "centralized",
+        f"data=folder data.root={root} resume=true",
+        "checkpoint.pt: head.weight:",
+        run,
+        monkeypatch,
+    )
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
 def _ends_in_one_line(entry: str, override: str, line: str, tmp_path: Path, monkeypatch) -> None:
     main = importlib.import_module(f"simulations.{entry}").main
     monkeypatch.setattr(simulations.flower, "launch", _no_launch)
     monkeypatch.setattr(importlib.import_module("simulations.federated"), "launch", _no_launch)
     overrides = [*TINY, *override.split(), f"hydra.run.dir={tmp_path}", "resume=false"]
-    if override.startswith("resume="):
+    if any(o.startswith("resume=") for o in override.split()):
         overrides.remove("resume=false")
     monkeypatch.setattr(sys, "argv", [entry, *overrides, "hydra/job_logging=disabled"])
     GlobalHydra.instance().clear()

@@ -7,11 +7,12 @@ from ahm_core.config import AHMConfig, FederationConfig, apply_overrides
 from ahm_core.faults import (
     INT_VALUE,
     InjectedFaultError,
+    coalition_partition,
     corrupt,
     fail_before_training,
     faulty_partitions,
 )
-from ahm_core.screening import bounded_weights, screen_round
+from ahm_core.screening import bounded, bounded_weights, norm, screen_round
 
 GLOBAL = {
     "w": torch.ones(50),
@@ -41,17 +42,65 @@ def reasons(updates: list, **overrides) -> list:
 def test_honest_updates_pass_and_each_bad_kind_is_named():
     good = [honest(i) for i in range(5)]
     assert reasons(good) == [None] * 5
-    flipped = {k: 2 * GLOBAL[k] - v for k, v in good[0].items()}
+    bases = [honest(i) for i in range(5, 10)]  # each bad update built from its own honest one
+    flipped = {k: 2 * GLOBAL[k] - v for k, v in bases[0].items()}
     flipped["count"] = torch.tensor(9)
-    scaled10 = {k: GLOBAL[k] + 10 * (v - GLOBAL[k]) for k, v in good[0].items()}
-    scaled200 = {k: GLOBAL[k] + 200 * (v - GLOBAL[k]) for k, v in good[0].items()}
+    scaled10 = {k: GLOBAL[k] + 10 * (v - GLOBAL[k]) for k, v in bases[1].items()}
+    scaled200 = {k: GLOBAL[k] + 200 * (v - GLOBAL[k]) for k, v in bases[2].items()}
     zeros = {k: torch.zeros_like(v) for k, v in GLOBAL.items()}
     stale = dict(GLOBAL)
-    mean = good[0]["bn.running_mean"]
-    flipped_mean = {**good[0], "bn.running_mean": 2 * GLOBAL["bn.running_mean"] - mean}
+    mean = bases[3]["bn.running_mean"]
+    flipped_mean = {**bases[3], "bn.running_mean": 2 * GLOBAL["bn.running_mean"] - mean}
     got = reasons([*good[1:], flipped_mean, flipped, scaled10, scaled200, zeros, stale])
     expected = ["direction", "statistics", "norm_outlier", "norm", "norm_outlier", "stale"]
     assert got == [None] * 4 + expected
+
+
+def test_a_coalition_sending_one_update_is_rejected_whatever_its_sign_or_size():
+    good = [honest(i) for i in range(6)]
+    base = honest(9)  # weights flipped x 2.5, statistics as trained: inside the other bounds
+    crafted = {**base, **{k: GLOBAL[k] - 2.5 * (base[k] - GLOBAL[k]) for k in ("w", "b")}}
+    assert reasons([*good, crafted, dict(crafted)]) == [None] * 6 + ["duplicate"] * 2
+    assert reasons([good[0], crafted, dict(crafted)]) == [None, "duplicate", "duplicate"]
+    near = {**crafted, "w": crafted["w"] + 0.01 * torch.randn(50)}  # a little noise of its own
+    assert reasons([*good, crafted, near]) == [None] * 6 + ["duplicate"] * 2
+    assert reasons([*good, crafted, dict(crafted)], max_pair_cosine=1.0) == [None] * 8
+    verdicts = screen_round(GLOBAL, [*good, crafted, dict(crafted)], FederationConfig())
+    assert all(v.pair_cosine < 0.5 for v in verdicts[:6])  # what the honest ones came to
+    assert all(v.pair_cosine == pytest.approx(1.0) for v in verdicts[6:])
+
+
+def test_what_passes_moves_the_model_no_further_than_the_rounds_median_update():
+    good = [honest(i) for i in range(6)]
+    base = honest(9)
+    big = {**base, **{k: GLOBAL[k] + 2.5 * (base[k] - GLOBAL[k]) for k in ("w", "b")}}
+    updates = [*good, big]
+    verdicts = screen_round(GLOBAL, updates, FederationConfig())
+    assert [v.reason for v in verdicts] == [None] * 7
+    cap = sorted(v.norm for v in verdicts)[3]  # the median of the 7 accepted norms
+    out = bounded(GLOBAL, updates, verdicts, FederationConfig())
+    for u, v in zip(out, verdicts, strict=True):
+        moved = norm({k: u[k] - GLOBAL[k] for k in ("w", "b")}, ("w", "b"))
+        assert moved == pytest.approx(min(v.norm, cap), rel=1e-5)
+        assert v.clip == pytest.approx(min(1.0, cap / v.norm), rel=1e-6)
+    assert torch.equal(out[0]["count"], good[0]["count"])
+    unclipped = bounded(GLOBAL, updates, verdicts, FederationConfig(dp="server_fixed"))
+    assert all(u is w for u, w in zip(unclipped, updates, strict=True))  # DP: as sent
+
+
+def test_the_running_statistics_aggregated_are_the_accepted_updates_median():
+    good = [honest(i) for i in range(5)]
+    shifted = [{**honest(i), "bn.running_mean": honest(i)["bn.running_mean"] + 1} for i in (7, 8)]
+    updates = [*good, *shifted]
+    f = FederationConfig(min_update_cosine=-1.0)  # let the shifted pair through
+    verdicts = screen_round(GLOBAL, updates, f)
+    assert [v.reason for v in verdicts] == [None] * 7
+    out = bounded(GLOBAL, updates, verdicts, f)
+    expected = torch.stack([u["bn.running_mean"] for u in updates]).median(dim=0).values
+    assert all(torch.allclose(u["bn.running_mean"], expected) for u in out)
+    assert float(expected.max()) < float(torch.stack([u["bn.running_mean"] for u in good]).max())
+    plain = bounded(GLOBAL, updates, verdicts, FederationConfig(median_statistics=False))
+    assert torch.equal(plain[5]["bn.running_mean"], shifted[0]["bn.running_mean"])
 
 
 def test_a_flip_of_the_weights_alone_looks_like_an_honest_update():
@@ -76,8 +125,18 @@ def test_a_round_too_small_for_a_majority_keeps_only_the_model_bounds():
 def test_the_verdicts_describe_every_update():
     verdicts = screen_round(GLOBAL, [honest(i) for i in range(3)], FederationConfig())
     for v in verdicts:
-        assert 0.05 < v.ratio < 0.5 and v.norm > 0 and abs(v.cosine) < 0.5
-        assert 0.9 < v.statistics_cosine <= 1
+        assert 0.05 < v.ratio < 0.5 and v.norm > 0 and -1 <= v.cosine <= 1
+        assert 0.9 < v.statistics_cosine <= 1 and abs(v.pair_cosine) < 0.5 and v.clip <= 1
+
+
+def test_one_flip_in_a_round_of_three_is_rejected_alone():
+    """Against the median of the two others, which in a round of three is their mean, a flipped
+    update's statistics drag the honest ones' reference below zero too; against the round's
+    median the honest pair sets it."""
+    a, b, c = honest(1), honest(2), honest(3)
+    start = GLOBAL["bn.running_mean"]
+    flipped = {**c, "bn.running_mean": start - 2 * (c["bn.running_mean"] - start)}
+    assert reasons([a, b, flipped]) == [None, None, "direction"]
 
 
 def test_weights_are_bounded_by_the_rounds_median_claim():
@@ -130,3 +189,47 @@ def test_corrupting_modes_build_on_the_honest_update():
     assert run("missing_metrics")[1] == {"num-examples": 40}
     assert run("false_partition")[1]["partition-id"] == -1
     assert torch.equal(shared["w"], honest(3)["w"])  # the honest update is left as it was
+
+
+def test_a_coalition_sends_one_crafted_part_from_every_member():
+    start, metrics = GLOBAL, {"num-examples": 40, "partition-id": 2, "num-partitions": 8}
+    pooled = faulty_cfg("collude_signflip", **{"federation.fault_scale": 2.0})
+    members = faulty_partitions(pooled, 8)
+    assert {coalition_partition(pooled, p, 8) for p in members} == {min(members)}
+    shared = honest(3)
+    flipped = corrupt(pooled, start, shared, metrics, seed=1)[0]
+    assert torch.allclose(flipped["w"], start["w"] - 2 * (shared["w"] - start["w"]))
+    assert flipped["bn.running_var"] is shared["bn.running_var"]  # statistics as trained
+    drift = faulty_cfg("collude_drift", **{"federation.fault_scale": 0.5})
+    assert coalition_partition(drift, 5, 8) == 5  # each member trains on its own data
+    added = []
+    for seed, own in ((1, honest(4)), (2, honest(5))):
+        sent = corrupt(drift, start, own, metrics, seed=seed)[0]
+        extra = {k: sent[k] - own[k] for k in ("w", "b")}
+        moved = norm({k: own[k] - start[k] for k in ("w", "b")}, ("w", "b"))
+        assert norm(extra, ("w", "b")) == pytest.approx(0.5 * moved, rel=1e-4)
+        added.append(torch.cat([extra["w"], extra["b"]]) / norm(extra, ("w", "b")))
+        assert torch.equal(sent["bn.running_mean"], own["bn.running_mean"])
+    assert torch.allclose(added[0], added[1], atol=1e-6)  # one direction, whoever sends it
+    stats = faulty_cfg("collude_statistics", **{"federation.fault_scale": 1.0})
+    own = honest(4)
+    sent = corrupt(stats, start, own, metrics, seed=1)[0]
+    assert torch.equal(sent["w"], own["w"]) and torch.equal(
+        sent["bn.running_var"], own["bn.running_var"]
+    )
+    statistics = ("bn.running_mean", "bn.running_var")
+    moved = norm({k: own[k] - start[k] for k in statistics}, statistics)
+    shift = {"m": sent["bn.running_mean"] - own["bn.running_mean"]}
+    assert norm(shift, ("m",)) == pytest.approx(moved, rel=1e-4)
+    claimed = corrupt(faulty_cfg("claim_partition"), start, own, metrics, seed=1)[1]
+    assert claimed["partition-id"] == 3
+
+
+def test_flip_weights_flips_a_clients_own_weights_and_keeps_its_statistics():
+    start, shared = GLOBAL, honest(4)
+    metrics = {"num-examples": 40, "partition-id": 2, "num-partitions": 8}
+    cfg = faulty_cfg("flip_weights", **{"federation.fault_scale": 2.0})
+    sent = corrupt(cfg, start, shared, metrics, seed=1)[0]
+    assert torch.allclose(sent["w"], start["w"] - 2 * (shared["w"] - start["w"]))
+    assert sent["bn.running_mean"] is shared["bn.running_mean"]
+    assert coalition_partition(cfg, 5, 8) == 5  # its own data

@@ -38,16 +38,18 @@ def metrics(partition: int, **extra) -> dict:
     }
 
 
+# Honest clients move their weights in directions of their own (near-orthogonal in a real
+# model, so the screen rejects two that agree): here exactly orthogonal, one basis row each.
+OWN = np.linalg.qr(np.random.default_rng(0).standard_normal((15, 15)))[0].astype(np.float32)
+
+
 def update(partition: int) -> dict:
-    """A small honest step: mostly a shared direction, a little of its own."""
+    """A small honest step in a direction of its own; running statistics like everyone's."""
     rng = np.random.default_rng(partition)
+    step = 0.05 * OWN[partition]
     return {
-        "backbone.w": (GLOBAL["backbone.w"] * 0.95 + 0.01 * rng.standard_normal((4, 3))).astype(
-            np.float32
-        ),
-        "backbone.b": (GLOBAL["backbone.b"] * 0.95 + 0.01 * rng.standard_normal(3)).astype(
-            np.float32
-        ),
+        "backbone.w": GLOBAL["backbone.w"] + step[:12].reshape(4, 3),
+        "backbone.b": GLOBAL["backbone.b"] + step[12:],
         "backbone.bn.running_var": (2 + 0.01 * rng.standard_normal(6)).astype(np.float32),
         "backbone.n": np.array(9, dtype=np.int64),
     }
@@ -124,7 +126,6 @@ BAD_TRAIN = {
     "partition -inf": (content(values=metrics(4, **{"partition-id": float("-inf")})), "metrics"),
     "partition -1e300": (content(values=metrics(4, **{"partition-id": -1e300})), "metrics"),
     "partition past the last": (content(values=metrics(4, **{"partition-id": 5})), "metrics"),
-    "another client's partition": (content(values=metrics(4, **{"partition-id": 2})), "partition"),
     "missing key": (
         content(state={k: v for k, v in update(4).items() if k != "backbone.b"}),
         "arrays",
@@ -260,6 +261,16 @@ def test_an_error_reply_fails_and_a_round_with_nothing_valid_keeps_the_global_mo
     ]
     assert strategy.aggregate_train(1, junk) == (None, None)
     assert strategy.stats.rejected == {"metrics": len(sent)}
+
+
+def test_a_client_claiming_another_clients_partition_never_gets_the_honest_one_rejected():
+    """The node id is the SuperLink's, the partition id a claim: both replies are kept, and the
+    contested label is neither captured nor logged as that partition's PMF."""
+    arrays, stats = round_of(content(values=metrics(4, **{"partition-id": 2})))
+    assert stats.accepted == stats.aggregated == HONEST + 1 and not stats.rejected
+    assert stats.contested == [2] and "2" not in stats.k_pmf and "1" in stats.k_pmf
+    truthful, _ = round_of(content())
+    assert all(np.allclose(arrays[k].numpy(), truthful[k].numpy()) for k in GLOBAL)
 
 
 def test_a_weight_above_the_bound_counts_at_the_bound():
