@@ -3,7 +3,8 @@ server's initial model and global evaluation, and reading Flower's run config. `
 and `server/` are thin Flower shells over these functions (screening is `ahm_core.screening`,
 injected faults `ahm_core.faults`).
 
-What travels is a flat state dict of tensors: `backbone.*` always, `head.*` only with
+What travels is a flat state dict of floating-point tensors (integer buffers stay home, see
+`_travelling`): `backbone.*` always, `head.*` only with
 `federation.share_head` (the head then spans every training identity). Otherwise each client's
 ArcFace head covers its own people and never leaves it, as in federated face recognition where a
 client's identities are private. Every client and the server derive the same data, split and
@@ -12,14 +13,17 @@ partition from the config, so nothing but weights and metrics crosses the wire.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +37,7 @@ from ahm_core.evaluate import evaluate_verification
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking import MaskingPipeline
 from ahm_core.masking.pipeline import masking_for_run
-from ahm_core.models import build_backbone, build_head
+from ahm_core.models import build_backbone, build_head, load_travelled
 from ahm_core.runs import count_ks
 from ahm_core.train import STATE_KEYS, Trainer, resolve_device
 
@@ -138,12 +142,12 @@ def initial_state(cfg: AHMConfig, masking: MaskingPipeline, data: RunData) -> St
     """The global model before round 1, seeded by `train.seed`."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size)
-    state = _prefixed("backbone", backbone.state_dict())
+    state = _travelling("backbone", backbone.state_dict())
     if masking.first_stage.module is not None:  # a trained first stage is global, as the backbone
         stage = masking.first_stage.module.state_dict()
-        state |= _prefixed("first_stage", {k: v.detach().clone() for k, v in stage.items()})
+        state |= _travelling("first_stage", {k: v.detach().clone() for k, v in stage.items()})
     if cfg.federation.share_head:
-        state |= _prefixed("head", build_head(cfg.model, data.num_classes).state_dict())
+        state |= _travelling("head", build_head(cfg.model, data.num_classes).state_dict())
     return state
 
 
@@ -248,7 +252,7 @@ def evaluate_global(
     """Verification report of the shared backbone on `pairs` (inputs masked, never mixed)."""
     device = resolve_device(cfg.train.device)
     backbone = build_backbone(cfg.model, masking.in_channels, cfg.data.image_size).to(device)
-    backbone.load_state_dict(_unprefixed("backbone", shared))
+    load_travelled(backbone, _unprefixed("backbone", shared))
     load_first_stage(masking, shared)
     return evaluate_verification(backbone, faces, pairs, masking.encode, device=device)
 
@@ -261,26 +265,26 @@ def trained_first_stage(shared: State) -> State | None:
 def load_first_stage(masking: MaskingPipeline, shared: State) -> None:
     """Put the global state of a trained first stage (DCTDP's budget) into the pipeline."""
     if masking.first_stage.module is not None:
-        masking.first_stage.module.load_state_dict(_unprefixed("first_stage", shared))
+        load_travelled(masking.first_stage.module, _unprefixed("first_stage", shared))
 
 
 def load_shared(trainer: Trainer, shared: State) -> None:
     """Put the global arrays into a trainer's backbone (and head, when it is shared)."""
-    trainer.backbone.load_state_dict(_unprefixed("backbone", shared))
+    load_travelled(trainer.backbone, _unprefixed("backbone", shared))
     load_first_stage(trainer.masking, shared)
     head = _unprefixed("head", shared)
     if head:
-        trainer.head.load_state_dict(head)
+        load_travelled(trainer.head, head)
 
 
 def shared_state(trainer: Trainer, share_head: bool) -> State:
     """The arrays a client sends: its backbone (with a trained first stage), and its head when
     the head is shared."""
-    state = _prefixed("backbone", trainer.backbone.state_dict())
+    state = _travelling("backbone", trainer.backbone.state_dict())
     if trainer.first_stage is not None:
-        state |= _prefixed("first_stage", trainer.first_stage.state_dict())
+        state |= _travelling("first_stage", trainer.first_stage.state_dict())
     if share_head:
-        state |= _prefixed("head", trainer.head.state_dict())
+        state |= _travelling("head", trainer.head.state_dict())
     # copies: the first stage's module is the pipeline's, which the next global state overwrites
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
@@ -328,8 +332,26 @@ class ClientStateStore:
             (self.folder / f"round_{r:04d}.pt").unlink(missing_ok=True)
 
 
-def _prefixed(prefix: str, state: dict[str, Tensor]) -> State:
-    return {f"{prefix}.{k}": v for k, v in state.items()}
+@contextlib.contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """Python's and numpy's global RNGs seeded inside, restored after: Flower's node sampling
+    and its DP noise (DP-FedAvg's, LocalDpMod's) draw from them."""
+    saved, saved_np = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+        np.random.set_state(saved_np)
+
+
+def _travelling(prefix: str, state: dict[str, Tensor]) -> State:
+    """The part of a module's state that travels, its keys prefixed: the floating-point tensors.
+    Integer buffers (BatchNorm's num_batches_tracked) stay home: they count steps, carry no
+    direction, go unused at a fixed momentum, and in an update they would swamp a DP clipping
+    norm (every BatchNorm layer's step count) and overflow SecAgg+'s quantisation range."""
+    return {f"{prefix}.{k}": v for k, v in state.items() if v.is_floating_point()}
 
 
 def _unprefixed(prefix: str, state: State) -> State:

@@ -24,7 +24,7 @@ from ahm_core.io import load_checkpoint
 from ahm_core.judges import judges, reference_arcface
 from ahm_core.plots import save_k_shares
 from ahm_core.runs import REFERENCE, client_epochs, k_proportions, shares
-from ahm_core.scoring import budget_rows, measure_privacy
+from ahm_core.scoring import aggregated_section, budget_rows, measure_privacy
 from ahm_core.tables import (
     Table,
     accuracy_cell,
@@ -156,6 +156,9 @@ def _markdown(cfg: AHMConfig, summary: dict, result: dict) -> list[str | Table]:
             "![k drawn by the clients in every round](k_dynamics.png)",
             "",
         ]
+    if "aggregated" in p:
+        heading = "## Gradient inversion of the securely aggregated update"
+        lines += aggregated_section(heading, p["aggregated"], list(p["ceilings"]))
     lines += [
         "## Attack budgets",
         "",

@@ -30,19 +30,20 @@ def load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, di
     return cfg, saved, summary
 
 
+# A round's record of each DP mechanism (rounds.json), and its name
+PRIVACY_RECORDS = {"dp": "DP-FedAvg", "local_dp": "local DP", "dp_sgd": "DP-SGD"}
+
+
 def trained_figures(summary: dict) -> dict[str, Any]:
-    """A trained run's figures for its row: final accuracy with its 10-fold std, and the
-    DP-FedAvg budget spent when it had one."""
+    """A trained run's figures for its row: final accuracy with its 10-fold std, and what each
+    DP mechanism it ran (DP-FedAvg, local DP, DP-SGD) had spent by its last round."""
     last = summary["rounds"][-1]
     figures = {
         "accuracy": summary["final_accuracy"],
         "accuracy_std": last["verification"]["accuracy_std"],
         "correct": last["verification"].get("correct"),
     }
-    if "dp" in last:
-        figures["dp"] = {k: last["dp"][k] for k in ("epsilon", "delta", "noise_multiplier")}
-        figures["dp"]["clipping_norm"] = last["dp"]["clipping_norm"]
-    return figures
+    return figures | {key: last[key] for key in PRIVACY_RECORDS if key in last}
 
 
 def client_epochs(cfg: AHMConfig) -> int:

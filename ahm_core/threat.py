@@ -20,9 +20,12 @@ Every attack is an `Attack` of the registry (`ahm_core.attacks.ATTACKS`) run on 
 beside the mean face and chance, judged by the run's unmasked ArcFace reference network and by
 dlib's pretrained descriptor. An attack that does not apply to a defence says why.
 
-Runs trained otherwise enter the report as rows of their own (`compared`): the DP-FedAvg row is
-an unmasked ArcFace federation trained with DP-FedAvg (`dp_fedavg_config`), attacked the same way
-at its own captured global model and released model, beside its accuracy and (epsilon, delta).
+Runs trained otherwise enter the report as rows of their own (`compared`, `COMPARED`): unmasked
+ArcFace federations each with one mechanism of the federated privacy stack (DP-FedAvg, DP-SGD at
+two noise levels, local DP, SecAgg+), attacked the same way at their own captured global model
+and released model, beside their accuracy and (epsilon, delta). Under SecAgg+ the curious server
+captures only the mean update: gradient inversion attacks the mean of the round's clients, and the
+row also shows its leakage against the number of clients averaged (`attack.gi_aggregated`).
 Every row with a trained run carries that run's final verification accuracy.
 """
 
@@ -50,9 +53,23 @@ from ahm_core.io import load_checkpoint
 from ahm_core.judges import OWN, Judges, judges, reference_arcface
 from ahm_core.metrics import LPIPS
 from ahm_core.metrics.privacy import FeatureModel
-from ahm_core.models import build_head
-from ahm_core.runs import REFERENCE, client_epochs, k_proportions, load_run, trained_figures
-from ahm_core.scoring import attack_case, budget_rows, ceilings, worst_case
+from ahm_core.models import build_head, load_travelled
+from ahm_core.runs import (
+    PRIVACY_RECORDS,
+    REFERENCE,
+    client_epochs,
+    k_proportions,
+    load_run,
+    trained_figures,
+)
+from ahm_core.scoring import (
+    aggregated_inversion,
+    aggregated_section,
+    attack_case,
+    budget_rows,
+    ceilings,
+    worst_case,
+)
 from ahm_core.tables import (
     Table,
     cluster_interval,
@@ -67,20 +84,48 @@ from ahm_core.train import resolve_device
 Log = Callable[[str], None]
 
 
-DP_FEDAVG = "dp_fedavg"  # the row of an unmasked ArcFace federation trained with DP-FedAvg
+def _settings(settings: AHMConfig, prefix: str) -> dict[str, Any]:
+    return {k: v for k, v in to_flat(settings).items() if k.startswith(prefix)}
 
 
-def dp_fedavg_config(run_dir: Path, settings: AHMConfig) -> AHMConfig:
-    """The DP-FedAvg row's run: the config of the run in `run_dir` unmasked (ArcFace), with the
-    `federation.dp*` settings of `settings`; federation.dp as set there, or client-side fixed
-    clipping (the server then sees only clipped updates)."""
-    cfg, _, _ = load_run(run_dir, None)
-    dp = {k: v for k, v in to_flat(settings).items() if k.startswith("federation.dp")}
+def _dp_fedavg(settings: AHMConfig) -> dict[str, Any]:
+    dp = _settings(settings, "federation.dp")
     if dp["federation.dp"] == "none":
-        dp["federation.dp"] = "client_fixed"
-    return apply_overrides(
-        cfg, {**dp, "masking.method": "arcface", "federation.strategy": "fedavg"}
-    )
+        dp["federation.dp"] = "client_fixed"  # the server then sees only clipped updates
+    return dp
+
+
+def _dp_sgd(factor: float) -> Callable[[AHMConfig], dict[str, Any]]:
+    def overrides(settings: AHMConfig) -> dict[str, Any]:
+        dp = _settings(settings, "train.dp_")
+        dp["train.dp_noise_multiplier"] *= factor
+        return {**dp, "train.dp_sgd": True, "model.norm": "group"}
+
+    return overrides
+
+
+# The rows of runs trained otherwise (`compared`): an unmasked ArcFace federation (FedAvg) with
+# one mechanism of the federated privacy stack, as the attacked run's config trains it with the
+# mechanism's `settings` from the config given. dp_sgd_strong: 4 x the noise multiplier.
+COMPARED: dict[str, Callable[[AHMConfig], dict[str, Any]]] = {
+    "dp_fedavg": _dp_fedavg,
+    "dp_sgd": _dp_sgd(1.0),
+    "dp_sgd_strong": _dp_sgd(4.0),
+    "local_dp": lambda s: {
+        **_settings(s, "federation.local_dp"),
+        "federation.local_dp": True,
+        "federation.screen": False,
+    },
+    "secagg": lambda s: {**_settings(s, "federation.secagg"), "federation.secagg": True},
+}
+
+
+def compared_config(name: str, run_dir: Path, settings: AHMConfig) -> AHMConfig:
+    """The config of row `name` of `COMPARED`: the run in `run_dir`'s, unmasked, with the
+    mechanism's settings of `settings`."""
+    cfg, _, _ = load_run(run_dir, None)
+    unmasked = {"masking.method": "arcface", "federation.strategy": "fedavg"}
+    return apply_overrides(cfg, {**COMPARED[name](settings), **unmasked})
 
 
 def run_threat_model(
@@ -160,8 +205,10 @@ def _case(
     the report may reuse; `judge` tells the attacks' training when leakage stops rising."""
     holdings: dict[str, Any] = {"shared": shared, "judge": judge}
     if saved is not None:
-        records = sorted((run_dir / "captured").glob("round_*/partition_*.pt"))
+        records = sorted((run_dir / "captured").glob("round_*/*.pt"))  # a client's, or the mean
         capture = load_checkpoint(records[0]) if records else None
+        if capture is not None and capture.get("clients", 1) > 1:  # SecAgg+: what it averaged
+            cfg = apply_overrides(cfg, {"attack.gi_clients": int(capture["clients"])})
         holdings["start"] = None if capture is None else _section(capture["global"], "backbone")
         holdings["released"] = _released(cfg, data, run_dir, saved, capture)
     return build_case(
@@ -184,13 +231,17 @@ def _section(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def _row(case: Case, judged: Judges, lpips: LPIPS, log: Log) -> dict[str, Any]:
     """Every registered attack on one case, scored, the worst case over them, and each judge's
-    ceiling on the case."""
+    ceiling on the case; under SecAgg+ also gradient inversion against the clients averaged."""
     attacks = attack_case(case, list(ATTACKS), judged, lpips, log)
-    return {
+    row = {
         "ceilings": ceilings(case, judged),
         "attacks": attacks,
         "worst": worst_case(attacks, list(judged.models)),
     }
+    if case.cfg.federation.secagg:
+        counts = case.cfg.attack.gi_aggregated
+        row["aggregated"] = aggregated_inversion(case, counts, judged, lpips, log)
+    return row
 
 
 def _released(
@@ -205,7 +256,7 @@ def _released(
     head = build_head(cfg.model, client.num_classes)
     shared = _section(saved["state"], "head")
     if shared:
-        head.load_state_dict(shared)
+        load_travelled(head, shared)
     else:
         states = sorted(
             (run_dir / "client_state" / "partition_0").glob("round_*.pt"),
@@ -219,19 +270,56 @@ def _released(
 
 
 def _compared_notes(rows: dict) -> list[str]:
-    """One line per DP-trained row: what it is and the budget it spent."""
+    """One line per row trained with a DP mechanism: what it is and the budget it spent."""
     notes = []
     for name, row in rows.items():
-        if "dp" in row:
-            dp = row["dp"]
-            notes.append(
-                f"`{name}`: {row['method']} trained with DP-FedAvg, noise multiplier "
-                f"{dp['noise_multiplier']}, clipping norm {fmt(dp['clipping_norm'])}: "
-                f"({fmt(dp['epsilon'], 2)}, {dp['delta']:g})-DP (Opacus RDP accountant). The "
-                "noise is added to the aggregate, so a curious server still sees each client's "
-                "clipped update."
-            )
+        for key, mechanism in PRIVACY_RECORDS.items():
+            if key in row:
+                spent = row[key]
+                notes.append(
+                    f"`{name}`: {row.get('method', name)} trained with {mechanism}: "
+                    f"({fmt(spent['epsilon'], 2)}, {spent['delta']:g})-DP by Opacus's RDP "
+                    f"accountant; {_mechanism_note(key, spent)}"
+                )
     return ["", *notes] if notes else []
+
+
+def _mechanism_note(key: str, spent: dict) -> str:
+    """What a mechanism's figures mean, and what it leaves the curious server."""
+    if key == "dp":
+        return (
+            f"noise multiplier {spent['noise_multiplier']}, clipping norm "
+            f"{fmt(spent['clipping_norm'])}. The noise is added to the aggregate, so a curious "
+            "server still sees each client's clipped update."
+        )
+    if key == "local_dp":
+        return (
+            f"each update clipped to {spent['clipping_norm']} with noise of std "
+            f"{fmt(spent['noise_std'])} per value ({spent['epsilon_round']} per round by "
+            "Flower's calibration); the server sees only noised updates."
+        )
+    return (
+        f"noise multiplier {spent['noise_multiplier']}, per-sample clipping norm "
+        f"{spent['max_grad_norm']}, Poisson sampling at {fmt(spent['sample_rate'])}, GroupNorm "
+        "in place of BatchNorm; the unit is a training sample, and the client's updates are "
+        "still seen by the server."
+    )
+
+
+def _epsilons(row: dict) -> str:
+    """Each DP mechanism's epsilon for a row, named; "-" without one."""
+    spent = [f"{fmt(row[k]['epsilon'], 2)} ({m})" for k, m in PRIVACY_RECORDS.items() if k in row]
+    return "; ".join(spent) or "-"
+
+
+def _aggregated_sections(rows: dict) -> list[str | Table]:
+    """Per SecAgg+ row, gradient inversion of the mean update against the clients averaged."""
+    lines: list[str | Table] = []
+    for name, row in rows.items():
+        if "aggregated" in row:
+            heading = f"## `{name}`: gradient inversion of the securely aggregated update"
+            lines += aggregated_section(heading, row["aggregated"], list(row["ceilings"]))
+    return lines
 
 
 def _accuracy_cell(cfg: AHMConfig, row: dict) -> str:
@@ -252,14 +340,19 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         [
             "Defence",
             "Accuracy ± std {95%, by identity}",
-            "DP epsilon",
+            "epsilon (mechanism)",
             *[f"Rank-1 ceiling ({j})" for j in seen],
         ],
         [
             [
                 name,
                 _accuracy_cell(cfg, row),
-                fmt(row["dp"]["epsilon"], 2) if "dp" in row else "-",
+                "; ".join(
+                    f"{fmt(row[k]['epsilon'], 2)} ({m})"
+                    for k, m in PRIVACY_RECORDS.items()
+                    if k in row
+                )
+                or "-",
                 *[rate_cell(row["ceilings"][j]) for j in seen],
             ]
             for name, row in rows.items()
@@ -347,6 +440,7 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "",
         attacks,
         "",
+        *_aggregated_sections(rows),
         "## Attack budgets",
         "",
         "Each learned attack trains once per rung of its budget ladder (CGAN epochs / auxiliary "

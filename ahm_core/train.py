@@ -38,10 +38,12 @@ from ahm_core.data.base import FaceSet, ItemView, collate_batch
 from ahm_core.data.pairs import Pairs
 from ahm_core.evaluate import evaluate_verification
 from ahm_core.io import CheckpointError, atomic_write, load_checkpoint
+from ahm_core.masking.methods import mixing_ks
 from ahm_core.masking.pipeline import MaskingPipeline
 from ahm_core.models import build_backbone, build_head
 from ahm_core.models.heads import label_entropy
 from ahm_core.policy import REWARDS, build_policy
+from ahm_core.privacy import dp_sgd_spent
 
 PROGRESS_EVERY = 10  # batches between progress-bar updates (each reads back from the device)
 
@@ -133,6 +135,13 @@ class Trainer:
             momentum=t.momentum,
             weight_decay=t.weight_decay,
         )
+        self.private = None  # DP-SGD's hooks and optimiser (`ahm_core.dp_sgd`)
+        if t.dp_sgd:
+            from ahm_core.dp_sgd import PrivateSGD  # Opacus, imported only when asked for
+
+            smallest = max(mixing_ks(cfg), default=1)  # the fewest images a batch can mix
+            self.private = PrivateSGD(self.backbone, self.head, self.optimizer, t, smallest)
+            self.optimizer = self.private.optimizer
         self.steps_per_epoch = steps_per_epoch
         total, warmup = max(1, t.epochs * steps_per_epoch), t.warmup_epochs * steps_per_epoch
         self.schedule = lambda step: _poly_with_warmup(step, warmup, total)
@@ -213,7 +222,7 @@ class Trainer:
         for term in self.loss_terms:
             loss = loss + term(self)
         loss.backward()
-        if self.cfg.train.grad_clip > 0:
+        if self.cfg.train.grad_clip > 0 and self.private is None:  # DP-SGD clips per sample
             params = [*self.backbone.parameters(), *self.head.parameters()]
             nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         self.optimizer.step()
@@ -260,12 +269,17 @@ class Trainer:
     def loader(self, faces: FaceSet, items: Tensor, labels: Tensor) -> DataLoader:
         """Shuffled, whole-batch loader over `items`; the order depends on seed and epoch only."""
         order = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.epoch)
+        batching: dict[str, Any] = {
+            "batch_size": self.cfg.train.batch_size,
+            "shuffle": True,
+            "drop_last": True,
+            "generator": order,
+        }
+        if self.private is not None:  # DP-SGD: Poisson sampling, batches of varying size
+            batching = {"batch_sampler": self.private.sampler(len(items), order)}
         return DataLoader(
             ItemView(faces, items, labels),
-            batch_size=self.cfg.train.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=order,
+            **batching,
             collate_fn=collate_batch,
             num_workers=self.cfg.train.workers,
             pin_memory=self.device.type == "cuda",
@@ -289,6 +303,8 @@ class Trainer:
         )
         total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
         for batch, (images, batch_labels) in enumerate(bar, 1):
+            if self.private is not None and len(batch_labels) < self.private.smallest_batch:
+                continue  # a draw too small to mix: nothing released (the accountant counts it)
             losses = self.train_step(images, batch_labels)
             total += losses.sum().float()  # on the device: no host sync per step
             count += len(losses)
@@ -311,6 +327,8 @@ class Trainer:
             "images_per_s": count / (time.perf_counter() - start),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if self.private is not None:
+            metrics["dp_sgd"] = dp_sgd_spent(self.cfg.train, len(items), self.epoch)
         if self.policy is not None:
             metrics["k_histogram"] = {str(k): v for k, v in self.policy.histogram().items()}
             metrics["pmfs"] = [[round(p, 5) for p in pmf.tolist()] for pmf in self.pmfs]
@@ -370,6 +388,7 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "generator": self.generator.get_state(),
+                **({"noise": self.private.noise.get_state()} if self.private is not None else {}),
             },
         }
 
@@ -395,6 +414,8 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.generator.set_state(state["rng"]["generator"])
+        if self.private is not None:
+            self.private.noise.set_state(state["rng"]["noise"])
 
     def save(self, path: str | os.PathLike, **extra: Any) -> Path:
         """Write a checkpoint, with `extra` entries beside the state, atomically and durably: a

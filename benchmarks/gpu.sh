@@ -19,7 +19,7 @@ full)
 	CGAN=(--size 112 --batch 64 --steps 10 --repeats 2)
 	LOADER=(--images 6144 --batch 128 --workers 4,8,16)
 	PROFILE=(--backbone ir_se_50 --size 112 --batch 128 --steps 20 --rows 12)
-	FEDERATION=(--clients 10 --per-round 10 --paper-model --images 400 --local-epochs 2)
+	FEDERATION=(--clients 10 --per-round 10 --paper-model --images 200 --local-epochs 2)
 	COMPILED=arcface,mixup
 	;;
 smoke)

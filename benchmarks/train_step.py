@@ -1,16 +1,18 @@
 """Training-step cost of the masking methods, as ratios measured side by side in one run.
 
 At equal backbone, input size and batch it times: unmasked ArcFace, PPFR-FD + MixUp (k=2),
-PPFR-FD + fixed MixUp at the largest k of the policy's set, and PPFR-FD + AdaMixUp with that set
-at policy_interval=10. It prints each one's warm-up time (with --compile: the compilation),
-images/s and the peak memory it adds over what is already in use (CUDA allocator, or resident
-memory on CPU; the first configuration's figure also holds the allocator's one-time growth), and
-the throughput ratios PPFR-FD + MixUp / ArcFace (target >= 0.87 on the CPU, i.e. a step at most
-1.15x as long; >= 0.9 on a GPU) and AdaMixUp / fixed MixUp at k=6 (target >= 0.77 on the CPU,
->= 0.75 on a GPU), and AdaMixUp / MixUp at k=2. Each configuration is timed over whole policy
-intervals, interleaved over repeats; the best repeat counts. On a GPU the step runs as training
-does there: bfloat16 autocast and channels_last (`train.amp`), and --compile compiles the
-backbone (`train.compile`).
+PPFR-FD + fixed MixUp at the largest k of the policy's set, PPFR-FD + AdaMixUp with that set
+at policy_interval=10, and ArcFace trained with DP-SGD (GroupNorm, Opacus's per-sample clipping
+and noise; its batch here is the full one, not a Poisson draw). It prints each one's warm-up
+time (with --compile: the compilation), images/s and the peak memory it adds over what is
+already in use (CUDA allocator, or resident memory on CPU; the first configuration's figure also
+holds the allocator's one-time growth), and the throughput ratios PPFR-FD + MixUp / ArcFace
+(target >= 0.87 on the CPU, i.e. a step at most 1.15x as long; >= 0.9 on a GPU), AdaMixUp /
+fixed MixUp at k=6 (target >= 0.77 on the CPU, >= 0.75 on a GPU), AdaMixUp / MixUp at k=2, and
+DP-SGD / ArcFace (no target: what the sample-level guarantee costs). Each configuration is timed
+over whole policy intervals, interleaved over repeats; the best repeat counts. On a GPU the step
+runs as training does there: bfloat16 autocast and channels_last (`train.amp`), and --compile
+compiles the backbone (`train.compile`).
 
     .venv/bin/python benchmarks/train_step.py                  # IR-SE-50, 112x112, batch 16
     .venv/bin/python benchmarks/train_step.py --backbone ir_se_small --size 64 --batch 64
@@ -38,6 +40,8 @@ METHODS = {  # name: (label, masking.method, overrides)
     "mixup": ("ppfr_fd+mixup k=2", "masking_mixup", {"mixup.k": 2}),
     "mixup6": ("ppfr_fd+mixup k=6", "masking_mixup", {"mixup.k": 6}),
     "adamixup": ("ppfr_fd+adamixup k=2..6", "masking_adamixup", {}),
+    # ArcFace with DP-SGD (Opacus: per-sample gradients, clipping, noise) needs GroupNorm
+    "dp_sgd": ("arcface+dp-sgd", "arcface", {"train.dp_sgd": True, "model.norm": "group"}),
 }
 TARGETS = {  # (PPFR-FD + MixUp / ArcFace, AdaMixUp / MixUp k=6), as throughput ratios
     "cpu": (1 / 1.15, 1 / 1.3),
@@ -160,6 +164,8 @@ def main() -> None:
         )
     if {"adamixup", "mixup"} <= rate.keys():
         print(f"AdaMixUp / MixUp k=2 images/s: {rate['adamixup'] / rate['mixup']:.2f}x")
+    if {"dp_sgd", "arcface"} <= rate.keys():
+        print(f"ArcFace with DP-SGD / ArcFace images/s: {rate['dp_sgd'] / rate['arcface']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Thin over `ahm_core.federated`. The client's private state (ArcFace head over it
 optimiser, strategy network, RNGs) lives in `context.state` between rounds and, when the run
 config names a `client-state-dir`, on disk too, so a restarted federation resumes exactly.
 FedProx's `proximal-mu`, when the server sends it, becomes a term of the local loss; with
-client-side DP-FedAvg, Flower's clipping mod clips the update before it leaves; injected faults
-are a mod inside it (`client.mods`).
+client-side DP-FedAvg, Flower's clipping mod clips the update before it leaves, with local DP
+Flower's LocalDpMod clips and noises it, with secure aggregation Flower's SecAgg+ mod masks it;
+injected faults are a mod inside them all (`client.mods`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from ahm_core.federated import (
     parse_flower_run_config,
     run_masking,
 )
-from client.mods import dp_clipping, injected_faults, node_partition
+from client.mods import (
+    dp_clipping,
+    injected_faults,
+    local_dp,
+    node_partition,
+    secure_aggregation,
+)
 
 STATE_KEY = "ahm-client"
 app = ClientApp()
 
 
-@app.train(mods=[dp_clipping, injected_faults])
+@app.train(mods=[secure_aggregation, dp_clipping, local_dp, injected_faults])
 def train(msg: Message, context: Context) -> Message:
     """Local epochs from the global arrays; replies with the shared arrays and metrics."""
     cfg, options = parse_flower_run_config(context.run_config)

@@ -9,7 +9,7 @@ and the ServerApp returns without the traceback Flower would print.
 file an earlier run left; it needs the file because `flwr run` exits 0 whatever the ServerApp did.
 
 Flower's records reach the console once, through Flower's own handler (INFO; FLWR_LOG_LEVEL=DEBUG
-for more): they do not propagate to the root logger, where Opacus (`server.privacy`) installs a
+for more): they do not propagate to the root logger, where Opacus (`ahm_core.privacy`) installs a
 handler on import (`logging.basicConfig`) that printed each line again, plain and at DEBUG.
 """
 

@@ -27,12 +27,19 @@ from ahm_core.checkpoints import conform, in_range, records, sections
 from ahm_core.config import AHMConfig, refuse_changed_config, to_dict
 from ahm_core.data.benchmarks import load_benchmarks
 from ahm_core.evaluate import benchmark_line
-from ahm_core.federated import evaluate_global, federated_data, initial_state, run_masking
+from ahm_core.federated import (
+    client_data,
+    evaluate_global,
+    federated_data,
+    initial_state,
+    run_masking,
+)
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.methods import mixing_ks
+from ahm_core.privacy import dp_sgd_spent, epsilon_spent, local_dp_std
 from server.metrics import ServerMetrics
-from server.privacy import epsilon_spent
 from server.replies import Limits
+from server.secagg import SecureGrid
 from server.strategy import (
     Guarded,
     build_strategy,
@@ -112,9 +119,12 @@ class ServerRun:
         if remaining <= 0:
             log(INFO, "%s: all %d rounds done", self.checkpoint, f.rounds)
             return self._summary()
+        limits = self.limits(grid)
         self.strategy = build_strategy(
-            self.cfg, self.limits(grid), self.done + 1, capture_dir=self.out / "captured"
+            self.cfg, limits, self.done + 1, capture_dir=self.out / "captured"
         )
+        if f.secagg:  # the strategy trains over SecAgg+, and evaluates as before
+            grid = SecureGrid(grid, f, limits)
         load_server_state(self.strategy, self.saved_server_state)
         port = int(self.options["metrics-port"])
         self.metrics = ServerMetrics(str(self.options["metrics-address"]), port)
@@ -144,8 +154,7 @@ class ServerRun:
             stats = self.strategy.stats
             record["seconds"] = time.perf_counter() - stats.started
             record |= stats.record()
-            if self.cfg.federation.dp != "none":
-                record["dp"] = self._privacy(stats.aggregated > 0)
+            record |= self._privacy(stats.aggregated > 0, number)
             rejected = stats.rejected + Counter(
                 {f"evaluate_{k}": v for k, v in stats.evaluate_rejected.items()}
             )
@@ -173,22 +182,55 @@ class ServerRun:
         self._save(number)
         return MetricRecord({"accuracy": report["accuracy"]})
 
-    def _privacy(self, released: bool) -> dict[str, Any]:
-        """DP-FedAvg's budget spent after this round (one release per aggregated round)."""
-        f = self.cfg.federation
-        releases = sum(1 for r in self.history if r.get("dp", {}).get("released")) + released
-        rate = min(1.0, self.strategy.stats.sampled / self.strategy.limits.num_partitions)
-        epsilon = epsilon_spent(f.dp_noise_multiplier, rate, releases, f.dp_delta)
-        log(INFO, "DP-FedAvg: (%.3f, %g)-DP after %d releases", epsilon, f.dp_delta, releases)
-        return {
-            "released": released,
-            "releases": releases,
-            "noise_multiplier": f.dp_noise_multiplier,
-            "clipping_norm": float(self.strategy.clipping_norm),
-            "sample_rate": rate,
-            "epsilon": epsilon,
-            "delta": f.dp_delta,
-        }
+    def _privacy(self, released: bool, number: int) -> dict[str, Any]:
+        """What each configured DP mechanism has spent after round `number`, logged."""
+        f, t = self.cfg.federation, self.cfg.train
+        spent: dict[str, Any] = {}
+        if f.dp != "none":
+            releases = sum(1 for r in self.history if r.get("dp", {}).get("released")) + released
+            rate = min(1.0, self.strategy.stats.sampled / self.strategy.limits.num_partitions)
+            spent["dp"] = {
+                "released": released,
+                "releases": releases,
+                "noise_multiplier": f.dp_noise_multiplier,
+                "clipping_norm": float(self.strategy.clipping_norm),
+                "sample_rate": rate,
+                "epsilon": epsilon_spent(f.dp_noise_multiplier, rate, releases, f.dp_delta),
+                "delta": f.dp_delta,
+            }
+        if f.local_dp:  # each client releases once a round it is sampled: `number` at most
+            std = local_dp_std(f.local_dp_sensitivity, f.local_dp_epsilon, f.local_dp_delta)
+            z = std / f.local_dp_sensitivity
+            spent["local_dp"] = {
+                "epsilon_round": f.local_dp_epsilon,
+                "noise_std": std,
+                "clipping_norm": f.local_dp_clipping_norm,
+                "releases": number,
+                "epsilon": epsilon_spent(z, 1.0, number, f.local_dp_delta),
+                "delta": f.local_dp_delta,
+            }
+        if t.dp_sgd:  # the client that spent most: local_epochs a round it is sampled
+            spent["dp_sgd"] = max(
+                (dp_sgd_spent(t, size, number * f.local_epochs) for size in self.client_sizes()),
+                key=lambda s: s["epsilon"],
+            )
+        for name, entry in spent.items():
+            log(
+                INFO,
+                "%s: (%.3f, %g)-DP after round %d",
+                name,
+                entry["epsilon"],
+                entry["delta"],
+                number,
+            )
+        return spent
+
+    def client_sizes(self) -> list[int]:
+        """Each partition's training images (the server derives the partitions as clients do)."""
+        partitions = self.strategy.limits.num_partitions
+        return [
+            len(client_data(self.cfg, self.data, p, partitions).items) for p in range(partitions)
+        ]
 
     def _save(self, number: int) -> None:
         saved = {

@@ -8,7 +8,7 @@ overrides the four hooks of Flower's Strategy and calls into the wrapped one:
   only), rounds numbered from `first_round` (a resumed run continues the count, which FedAdam's
   bias correction reads);
 - aggregate_train: every reply checked (`server.replies`) and screened (`ahm_core.screening`),
-  one partition once, weights bounded, the chosen clients' updates captured for the threat
+  bounded in what it moves, weights bounded, the chosen clients' updates captured for the threat
   model, then the wrapped strategy's own aggregation over the rest, in partition order; the
   result keeps the model's dtypes. A round in which nothing passes keeps the global model;
 - aggregate_evaluate: the same for the clients' verification accuracy.
@@ -21,12 +21,10 @@ norm) through a checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -57,8 +55,9 @@ from flwr.serverapp.strategy import (
 )
 
 from ahm_core.config import AHMConfig, ConfigError, FederationConfig, check_choice
+from ahm_core.federated import seeded_globals
 from ahm_core.io import CheckpointError, atomic_write
-from ahm_core.screening import bounded_weights, screen_round
+from ahm_core.screening import bounded, bounded_weights, screen_round
 from server.replies import (
     Limits,
     RejectedError,
@@ -67,6 +66,7 @@ from server.replies import (
     check_train,
     template,
 )
+from server.secagg import check_secagg
 
 
 def _fedopt(f: FederationConfig, cfg: AHMConfig) -> dict[str, Any]:
@@ -149,6 +149,7 @@ def check_strategy(f: FederationConfig) -> None:
             f"federation.min_clients: bulyan needs 4 * federation.malicious_clients + 3 = "
             f"{4 * f.malicious_clients + 3} clients a round, got {f.min_clients}"
         )
+    check_secagg(f)
     if f.dp != "none" and f.strategy not in DP_STRATEGIES:
         raise ConfigError(
             f"federation.dp: DP-FedAvg's noise is calibrated to a mean of clipped updates; "
@@ -184,6 +185,7 @@ class RoundStats:
     train: dict[str, float] = field(default_factory=dict)
     k_histogram: dict[str, int] = field(default_factory=dict)
     k_pmf: dict[str, list[list[float]]] = field(default_factory=dict)  # by partition, per update
+    contested: list[int] = field(default_factory=list)  # partitions two or more nodes claimed
     client_accuracy: float | None = None
     updates: list[dict[str, Any]] = field(default_factory=list)  # each reply's verdict
 
@@ -196,20 +198,6 @@ class RoundStats:
             dict(self.evaluate_rejected),
         )
         return data
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Python's and numpy's global RNGs seeded inside, restored after: Flower's node sampling
-    and DP noise draw from them."""
-    saved, saved_np = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        random.setstate(saved)
-        np.random.set_state(saved_np)
 
 
 class _SortedGrid:
@@ -288,7 +276,7 @@ class Guarded(Strategy):
         number = server_round + self.offset
         self.stats = RoundStats(number)
         self._global = arrays
-        with _seeded(self.cfg.train.seed * 1_000_003 + number):
+        with seeded_globals(self.cfg.train.seed * 1_000_003 + number):
             messages = self.strategy.configure_train(number, arrays, config, _SortedGrid(grid))
             messages = list(messages)
         self.stats.sampled = len(messages)
@@ -309,34 +297,42 @@ class Guarded(Strategy):
         previous = self._global.to_torch_state_dict()
         f = self.cfg.federation
         if f.screen and checked:
-            verdicts = screen_round(previous, [c.state for c in checked], f)
+            # Under SecAgg+ every reply holds the one aggregate: it is screened once, alone.
+            screened = checked[:1] if f.secagg else checked
+            verdicts = screen_round(previous, [c.state for c in screened], f)
+            verdicts *= len(checked) // len(screened)
             for reply, verdict in zip(checked, verdicts, strict=True):
                 stats.updates.append({"partition": reply.partition_id, **verdict._asdict()})
                 if verdict.reason is not None:
                     detail = f"{verdict.reason}: weights moved {verdict.ratio:.3g} x their norm"
                     self._reject(reply.node, verdict.reason, detail)
+            aggregated = bounded(previous, [c.state for c in checked], verdicts, f)
             checked = [c for c, v in zip(checked, verdicts, strict=True) if v.reason is None]
+        else:
+            aggregated = [c.state for c in checked]
         stats.accepted = len(checked)
-        stats.k_pmf = {str(c.partition_id): c.k_pmf for c in checked if c.k_pmf}
+        labelled = [c for c in checked if c.partition_id not in stats.contested]
+        stats.k_pmf = {str(c.partition_id): c.k_pmf for c in labelled if c.k_pmf}
         if not checked:
             log(WARNING, "round %d: no update passed; the global model stays", number)
             return None, None
-        for reply in checked[: f.capture_clients]:
-            self._capture(number, previous, reply)
+        # what the clients sent, as a server sees it: under SecAgg+ the aggregate, once
+        for reply in labelled[: min(1, f.capture_clients) if f.secagg else f.capture_clients]:
+            self._capture(number, previous, reply, len(checked) if f.secagg else 1)
         if f.dp == "none":
             weights = bounded_weights(
                 [c.metrics["num-examples"] for c in checked], f.max_weight_ratio
             )
         else:  # DP-FedAvg averages uniformly: one client moves the mean by at most clip / n
             weights = [1.0] * len(checked)
-        for reply, weight in zip(checked, weights, strict=True):  # what the base strategy reads
-            reply.message.content = RecordDict(
+        for reply, state, weight in zip(checked, aggregated, weights, strict=True):
+            reply.message.content = RecordDict(  # what the base strategy reads
                 {
-                    "arrays": ArrayRecord(reply.state),
+                    "arrays": ArrayRecord(state),
                     "metrics": MetricRecord({**reply.metrics, "num-examples": weight}),
                 }
             )
-        with _seeded(self.cfg.train.seed * 1_000_003 + number):
+        with seeded_globals(self.cfg.train.seed * 1_000_003 + number):
             arrays, metrics = self.strategy.aggregate_train(number, [c.message for c in checked])
         if arrays is None:
             return None, metrics
@@ -346,20 +342,29 @@ class Guarded(Strategy):
         return _conformed(arrays, self._global), metrics
 
     def _checked(self, answered: list[Message]) -> list[TrainReply]:
-        """The replies that pass `check_train`, one per partition, in partition order."""
+        """The replies that pass `check_train`, in (partition, node) order. The node id is the
+        SuperLink's, the partition id only the client's claim: nodes that claim one partition
+        are each kept on their merits (nothing tells the honest one from the other), and their
+        contested label keeps them out of the capture and the PMF log."""
         expected = template(self._global)
-        checked: dict[int, TrainReply] = {}
+        checked: list[TrainReply] = []
         for msg in answered:
             try:
-                reply = check_train(msg, expected, self.limits)
+                checked.append(check_train(msg, expected, self.limits))
             except RejectedError as err:
                 self._reject(msg.metadata.src_node_id, err.reason, str(err))
-                continue
-            if reply.partition_id in checked:
-                self._reject(reply.node, "partition", f"partition {reply.partition_id} twice")
-                continue
-            checked[reply.partition_id] = reply
-        return [checked[p] for p in sorted(checked)]
+        claims = Counter(c.partition_id for c in checked)
+        self.stats.contested = sorted(p for p, n in claims.items() if n > 1)
+        for partition in self.stats.contested:
+            nodes = sorted(c.node for c in checked if c.partition_id == partition)
+            log(
+                WARNING,
+                "round %d: partition %d claimed by nodes %s",
+                self.stats.round,
+                partition,
+                nodes,
+            )
+        return sorted(checked, key=lambda c: (c.partition_id, c.node))
 
     def _reject(self, node: int, reason: str, detail: str, phase: str = "train") -> None:
         counter = self.stats.rejected if phase == "train" else self.stats.evaluate_rejected
@@ -378,7 +383,7 @@ class Guarded(Strategy):
     ) -> Iterable[Message]:
         """A seeded sample of nodes verifies the global backbone on its own pairs."""
         number = server_round + self.offset
-        with _seeded(self.cfg.train.seed * 1_000_003 - number):
+        with seeded_globals(self.cfg.train.seed * 1_000_003 - number):
             messages = self.strategy.configure_evaluate(number, arrays, config, _SortedGrid(grid))
             return list(messages)
 
@@ -406,28 +411,30 @@ class Guarded(Strategy):
             self.stats.client_accuracy = float(result["accuracy"])
         return result
 
-    def _capture(self, number: int, previous: dict, reply: TrainReply) -> None:
-        """Store a client's update with the global model it started from (threat model)."""
+    def _capture(self, number: int, previous: dict, reply: TrainReply, clients: int) -> None:
+        """Store a client's update, or under SecAgg+ the mean of `clients` clients' (the one
+        reply's arrays), with the global model it started from (threat model)."""
         record = {
             "round": number,
             "partition_id": reply.partition_id,
+            "clients": clients,
             "global": previous,
             "update": reply.state,
             "metrics": reply.metrics,
         }
-        path = self.capture_dir / f"round_{number:04d}" / f"partition_{reply.partition_id}.pt"
+        name = "aggregate.pt" if clients > 1 else f"partition_{reply.partition_id}.pt"
+        path = self.capture_dir / f"round_{number:04d}" / name
         atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
 def _conformed(arrays: ArrayRecord, like: ArrayRecord) -> ArrayRecord:
-    """`arrays` in the dtypes of `like` (a mean of integer counters is rounded back), running
-    variances at least 0: DP-FedAvg's noise can push one below, and BatchNorm would take its
-    square root (a floor is post-processing, which keeps the DP guarantee)."""
+    """`arrays` in the dtypes of `like`, running variances at least 0: DP-FedAvg's noise can
+    push one below, and BatchNorm would take its square root (a floor is post-processing, which
+    keeps the DP guarantee)."""
     out = {}
     for key, array in arrays.items():
         value, dtype = array.numpy(), np.dtype(like[key].dtype)
         if value.dtype != dtype:
-            value = np.rint(value) if dtype.kind in "iu" else value
             value = value.astype(dtype)
         if key.endswith("running_var"):
             value = np.maximum(value, 0)

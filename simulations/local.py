@@ -9,6 +9,7 @@ timeouts and nodes run in turn. `flwr run` (simulations.flower) remains the way 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ class LocalGrid(Grid):
 
     def _handle(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
+        # a copy, as a transport delivers one: SecAgg+ sends every node the same record, and
+        # its client mod takes entries out of the one it receives
+        message = copy.deepcopy(message)
         try:
             return self.app(message, self.contexts[node])
         except Exception as err:  # a failing client is a reply with an error, as in Flower

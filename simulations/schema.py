@@ -63,7 +63,9 @@ class ThreatRunConfig(FederatedRunConfig):
     """FederatedRunConfig plus the finished run `simulations.threat_model` attacks."""
 
     run: str = ""  # a federated run folder; "": make one first, with this config
-    dp_fedavg: bool = True  # also train and attack an ArcFace federation with DP-FedAvg
+    # also train and attack these rows (ahm_core.threat.COMPARED): unmasked ArcFace federations
+    # with DP-FedAvg, DP-SGD (dp_sgd, dp_sgd_strong), local_dp or secagg
+    compare: list[str] = field(default_factory=lambda: ["dp_fedavg"])
 
 
 def register() -> None:

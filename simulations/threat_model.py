@@ -6,9 +6,13 @@ python -m simulations.threat_model profile=smoke                    # make a tin
 python -m simulations.threat_model run=outputs/demo attack.gi_local_steps=3
 python -m simulations.threat_model run=outputs/demo federation.dp_noise_multiplier=0.3
 
-With dp_fedavg=true (the default) the report has a DP-FedAvg row: an unmasked ArcFace federation
-with this config's DP settings (`ahm_core.threat.dp_fedavg_config`), trained in the run's
-`dp_fedavg/` folder first (resumed when it is there) and attacked the same way.
+Each name of compare=[...] (default [dp_fedavg]; `ahm_core.threat.COMPARED`) adds a row: an
+unmasked ArcFace federation with one mechanism of the federated privacy stack, with this config's
+settings of it, trained in the run's `<name>/` folder first (resumed when it is there) and
+attacked the same way:
+
+python -m simulations.threat_model run=outputs/demo \
+    'compare=[dp_fedavg,dp_sgd,dp_sgd_strong,local_dp,secagg]' train.dp_noise_multiplier=0.5
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from ahm_core.config import AHMConfig
-from ahm_core.threat import DP_FEDAVG, dp_fedavg_config, run_threat_model
+from ahm_core.config import AHMConfig, check_choice, collect, to_flat
+from ahm_core.threat import COMPARED, compared_config, run_threat_model
 from simulations.cli import entry
 from simulations.federated import check_launch, run_federation
 from simulations.schema import register
@@ -28,7 +32,15 @@ PROG = "threat_model"
 register()
 
 
-@entry("threat_model", PROG, check_launch)
+def check_threat(cfg: AHMConfig, options: dict[str, Any]) -> None:
+    """The launch options, and every row of compare=[...] a known one."""
+    collect(
+        [lambda: check_launch(cfg, options)]
+        + [lambda n=name: check_choice("compare", n, COMPARED) for name in options["compare"]]
+    )
+
+
+@entry("threat_model", PROG, check_threat)
 def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     run = Path(options["run"]) if options["run"] else None
     if run is None:
@@ -38,15 +50,12 @@ def main(cfg: AHMConfig, options: dict[str, Any]) -> None:
     elif not (run / "checkpoint.pt").is_file():
         raise SystemExit(f"{PROG}: run={run}: no checkpoint.pt there; expected a federated run")
     compared = {}
-    if options["dp_fedavg"]:
-        dp_cfg = dp_fedavg_config(run, cfg)
-        f = dp_cfg.federation
-        print(
-            f"{PROG}: the DP-FedAvg row: ArcFace with {f.dp}, noise multiplier "
-            f"{f.dp_noise_multiplier}, clipping norm {f.dp_clipping_norm}"
-        )
-        compared[DP_FEDAVG] = run / DP_FEDAVG
-        run_federation(dp_cfg, options, compared[DP_FEDAVG], PROG)
+    for name in options["compare"]:
+        row_cfg = compared_config(name, run, cfg)
+        changed = {k: v for k, v in to_flat(row_cfg).items() if to_flat(cfg).get(k) != v}
+        print(f"{PROG}: the {name} row: ArcFace with {changed}")
+        compared[name] = run / name
+        run_federation(row_cfg, options, compared[name], PROG)
     report = run_threat_model(run, cfg, log=_log, compared=compared)
     print(f"{PROG}: threat report in {report}")
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from flwr.supercore.differential_privacy import compute_clip_model_update
 from scales import FEDERATED, config, federated_client
 
 from ahm_core.config import AHMConfig
@@ -64,6 +65,27 @@ def test_a_local_round_trains_only_the_backbone_it_shares():
     assert 0 < m["loss"] < 100 and m["images-per-s"] > 0
     local = local_evaluate(cfg, data, client, masking, result.shared)
     assert local["num-examples"] == len(client.val_pairs) and 0 <= local["accuracy"] <= 1
+
+
+def test_only_floating_point_tensors_travel_so_a_dp_clip_bounds_the_weights():
+    """BatchNorm's step counters stay home: in an update they would be the step count of every
+    BatchNorm layer, and Flower's DP clipping (its norm over every array) would shrink the
+    weights' move to a sliver of the clipping norm."""
+    cfg = tiny()
+    data, masking, client = federated_client(cfg)
+    start = initial_state(cfg, masking, data)
+    trainer = Trainer(cfg, masking, client.num_classes, 1)
+    assert any(not v.is_floating_point() for v in trainer.backbone.state_dict().values())
+    assert all(v.is_floating_point() for v in start.values())
+    sent = local_train(cfg, data, client, masking, start, 1).shared
+    assert sent.keys() == start.keys()
+    keys = list(start)
+    clipped = [sent[k].numpy().copy() for k in keys]
+    compute_clip_model_update(clipped, [start[k].numpy() for k in keys], 0.5)
+    moved = sum(
+        float(((c - start[k].numpy()) ** 2).sum()) for c, k in zip(clipped, keys, strict=True)
+    )
+    assert moved**0.5 == pytest.approx(0.5, rel=1e-4)  # the update clipped to exactly C
 
 
 def test_client_state_carries_head_optimiser_policy_and_rngs_exactly():

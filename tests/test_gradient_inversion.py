@@ -307,6 +307,37 @@ def test_the_total_variation_weight_is_added_to_the_objective() -> None:
 def test_a_fixed_k_above_the_batch_size_inverts_a_batch_of_k(tmp_path):
     """MixUp with k=5 cannot mix in a client batch of attack.gi_batch=4: the attack inverts an
     update on 5 images instead of failing (as it did on the paper tables' k=5 and k=6 rows)."""
+    case = tiny_case(tmp_path, **{"mixup.k": 5, "attack.victims": 4, "attack.gi_batch": 4})
+    rec = ATTACKS["gradient_inversion"].run(case)
+    assert len(rec.targets) == 5 and rec.faces.shape[0] == 5
+    assert 0.0 < rec.figures["input_psnr"] < 100.0
+
+
+def test_the_mean_of_clients_updates_is_their_union_batchs_fedsgd_update() -> None:
+    """Secure aggregation shows the mean of N clients' updates: in FedSGD that is the update of
+    the union of their equal batches, so inverting it means recovering all N batches at once."""
+    net = tiny_net(3, "arcface")
+    x, labels, coefs = faces(torch.arange(4)) * 2 - 1, torch.arange(4)[:, None], torch.ones(4, 1)
+    two = simulate_update(net, x, labels, coefs, InversionOptions(clients=2))
+    union = simulate_update(net, x, labels, coefs)
+    halves = [simulate_update(net, x[s], labels[s], coefs[s]) for s in (slice(0, 2), slice(2, 4))]
+    for name in union:
+        torch.testing.assert_close(two[name], union[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[name], (halves[0][name] + halves[1][name]) / 2)
+    steps = InversionOptions(clients=2, local_steps=3)  # FedAvg: no longer the union's update
+    unrolled = simulate_update(net, x, labels, coefs, steps)
+    assert not torch.allclose(unrolled["backbone.1.weight"], union["backbone.1.weight"])
+
+
+def test_the_attack_inverts_the_mean_of_several_clients_updates(tmp_path):
+    overrides = {"mixup.k": 2, "attack.victims": 8, "attack.gi_batch": 2, "attack.gi_clients": 3}
+    rec = ATTACKS["gradient_inversion"].run(tiny_case(tmp_path, **overrides))
+    assert len(rec.targets) == 6  # 3 clients x 2 images, each client mixing its own
+    assert "the mean of 3 clients' updates" in rec.summary
+
+
+def tiny_case(folder, **overrides):
+    """A case of MixUp RGB at a budget of a few steps, on 20 synthetic identities at 32 px."""
     cfg = apply_overrides(
         AHMConfig(),
         {
@@ -315,24 +346,19 @@ def test_a_fixed_k_above_the_batch_size_inverts_a_batch_of_k(tmp_path):
             "data.image_size": 32,
             "model.width": 8,
             "masking.method": "mixup_rgb",
-            "mixup.k": 5,
-            "attack.victims": 4,
             "attack.aux_images": 24,
             "attack.holdout": 8,
             "attack.gallery_per_identity": 3,
             "attack.demix_images": 4,
-            "attack.gi_batch": 4,
             "attack.gi_iterations": 2,
             "attack.gi_restarts": 1,
             "attack.cgan_epochs": 1,
             "attack.rungs": 1,
             "attack.ngf": 8,
             "attack.ndf": 8,
+            **overrides,
         },
     )
     faces = load_faces(cfg.data)
     split = verification_split(faces.labels, cfg.data)
-    case = build_case(cfg, faces, split.train, split.pairs, tmp_path, torch.device("cpu"))
-    rec = ATTACKS["gradient_inversion"].run(case)
-    assert len(rec.targets) == 5 and rec.faces.shape[0] == 5
-    assert 0.0 < rec.figures["input_psnr"] < 100.0
+    return build_case(cfg, faces, split.train, split.pairs, folder, torch.device("cpu"))

@@ -11,9 +11,15 @@ from opacus.accountants import RDPAccountant
 from scales import FEDERATED, NODES, ONE_ROUND, config, federated_client
 
 from ahm_core.config import AHMConfig
-from ahm_core.federated import federated_data, initial_state, local_train, run_masking
+from ahm_core.federated import (
+    client_data,
+    federated_data,
+    initial_state,
+    local_train,
+    run_masking,
+)
+from ahm_core.privacy import dp_sgd_spent, epsilon_spent, local_dp_std
 from ahm_core.screening import floating_keys, norm
-from server.privacy import epsilon_spent
 from server.strategy import DP_WRAPPERS, STRATEGIES
 from simulations.local import LocalGrid, run_local
 
@@ -86,6 +92,46 @@ def test_dp_clipping_bounds_what_a_round_can_move(dp, tmp_path):
     unclipped = run_local(one_round(), tmp_path / "plain", NODES)
     plain = torch.load(unclipped["checkpoint"], weights_only=True)["state"]
     assert norm({k: plain[k] - start[k] for k in keys}, keys) > 100 * clip
+
+
+def test_local_dp_noises_every_update_and_accounts_each_round(tmp_path):
+    """Flower's LocalDpMod on each of the 3 clients: the round's model moves by their mean, the
+    clipped updates (norm <= 0.01) and noise of std sigma / sqrt(3) per value; seeded."""
+    epsilon = 50.0
+    cfg = one_round(
+        **{
+            "federation.local_dp": True,
+            "federation.local_dp_clipping_norm": 0.01,
+            "federation.local_dp_epsilon": epsilon,
+            "federation.screen": False,
+        }
+    )
+    data = federated_data(cfg)
+    start = initial_state(cfg, run_masking(cfg, data), data)
+    summary = run_local(cfg, tmp_path, NODES)
+    std = local_dp_std(1.0, epsilon, 1e-5)
+    spent = summary["rounds"][1]["local_dp"]
+    assert spent["noise_std"] == pytest.approx(std) and spent["releases"] == 1
+    assert spent["epsilon"] == pytest.approx(epsilon_spent(std, 1.0, 1, 1e-5))
+    end = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]
+    moved = torch.cat([(end[k] - start[k]).flatten() for k in start if "running" not in k])
+    assert float(moved.std()) == pytest.approx(std / math.sqrt(NODES), rel=0.05)
+    assert all(bool((end[k] >= 0).all()) for k in end if k.endswith("running_var"))
+    again = run_local(cfg, tmp_path / "again", NODES)
+    repeat = torch.load(again["checkpoint"], weights_only=True)["state"]
+    assert all(torch.equal(end[k], repeat[k]) for k in end)
+
+
+def test_dp_sgd_clients_account_for_the_client_that_spent_most(tmp_path):
+    cfg = one_round(**{"train.dp_sgd": True, "model.norm": "group", "federation.rounds": 2})
+    summary = run_local(cfg, tmp_path, NODES)
+    data = federated_data(cfg)
+    sizes = [len(client_data(cfg, data, p, NODES).items) for p in range(NODES)]
+    for number, r in enumerate(summary["rounds"][1:], 1):
+        assert r["accepted"] == NODES
+        expected = max(dp_sgd_spent(cfg.train, n, number)["epsilon"] for n in sizes)
+        assert r["dp_sgd"]["epsilon"] == pytest.approx(expected) and expected > 0
+    assert 0 <= summary["final_accuracy"] <= 1
 
 
 class KilledGrid(LocalGrid):

@@ -5,12 +5,15 @@ import json
 
 import pytest
 from hydra import compose, initialize
+from scales import NODES, ONE_ROUND, config
 
 from ahm_core.attacks import ATTACKS
+from ahm_core.checks import validate
 from ahm_core.config import AHMConfig, apply_overrides
 from ahm_core.evaluate import identity_interval, pair_identities
 from ahm_core.masking.methods import METHODS
-from ahm_core.threat import DP_FEDAVG, _accuracy_cell, dp_fedavg_config, run_threat_model
+from ahm_core.threat import COMPARED, _accuracy_cell, compared_config, run_threat_model
+from server.strategy import check_strategy
 from simulations.local import run_local
 from simulations.schema import register, split_run_config
 
@@ -23,27 +26,28 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     the entry points' test), then every attack through `run_threat_model`."""
     with initialize(version_base=None, config_path="../simulations/conf"):
         # dlib judges in the paper-table test on ORL; here its 0.1 s a face would double the time
-        hcfg = compose("threat_model", ["profile=smoke", "attack.judges=[own]"])
+        overrides = ["profile=smoke", "attack.judges=[own]", "attack.gi_aggregated=[1,2]"]
+        hcfg = compose("threat_model", overrides)
     cfg, options = split_run_config(hcfg)
     run = tmp_path / "run"
     # clients keep their state on disk, as the CLI's client_state=true: the released model
     state = {"client-state-dir": str(run / "client_state")}
     run_local(cfg, run, options["supernodes"], **state)
-    state = {"client-state-dir": str(run / DP_FEDAVG / "client_state")}
-    run_local(dp_fedavg_config(run, cfg), run / DP_FEDAVG, options["supernodes"], **state)
-    report = run_threat_model(
-        run, cfg, log=lambda line: None, compared={DP_FEDAVG: run / DP_FEDAVG}
-    )
+    compared = {name: run / name for name in ("dp_fedavg", "secagg")}
+    for name, folder in compared.items():
+        state = {"client-state-dir": str(folder / "client_state")}
+        run_local(compared_config(name, run, cfg), folder, options["supernodes"], **state)
+    report = run_threat_model(run, cfg, log=lambda line: None, compared=compared)
     assert report == run / "threat_report.md"
     result = json.loads((run / "threat_report.json").read_text())
     rows = result["defences"]
     defences = list(AHMConfig().attack.defences)  # the DCTDP rows among them
     assert "dctdp" in defences and "dctdp_adamixup" in defences
-    assert list(rows) == [*defences, "dp_fedavg"]
+    assert list(rows) == [*defences, *compared]
     for defence, row in rows.items():
         attacks = row["attacks"]
         assert list(attacks) == list(ATTACKS)  # every registered attack, run or skipped with why
-        trained = defence in (result["method"], "dp_fedavg")  # attacked at its own run's model
+        trained = defence in (result["method"], *compared)  # attacked at its own run's model
         mixes = METHODS[row.get("method", defence)].batch_mix is not None
         assert ("skipped" in attacks["demix"]) == (not mixes)
         first_stage = METHODS[row.get("method", defence)].first_stage
@@ -61,7 +65,10 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
         assert ("accuracy" in row) == trained
         gi = attacks["gradient_inversion"]
         assert -1 <= gi["input_cosine"] <= 1
-        assert gi["model"] == ("captured global" if trained else "initial")
+        model = "captured global model" if trained else "initial model"
+        if defence == "secagg":  # the server captured the mean of the round's clients
+            model += f", the mean of {options['supernodes']} clients' updates"
+        assert gi["model"] == model
         for name, scored in attacks.items():
             if "skipped" in scored:
                 continue
@@ -80,6 +87,15 @@ def test_threat_model_smoke_makes_a_run_and_reports_every_defence(tmp_path):
     dp = rows["dp_fedavg"]
     assert dp["method"] == "arcface" and 0 <= dp["accuracy"] <= 1 and dp["dp"]["epsilon"] > 0
     assert (run / "dp_fedavg" / "checkpoint.pt").is_file()
+    aggregated = rows["secagg"]["aggregated"]  # leakage against the clients averaged
+    assert list(aggregated) == ["1", "2"] and "aggregated" not in rows["dp_fedavg"]
+    assert all(
+        -1 <= a["input_cosine"] <= 1 and a["count"] == 4 * int(n) for n, a in aggregated.items()
+    )
+    assert (
+        "## `secagg`: gradient inversion of the securely aggregated update"
+        in (run / "threat_report.md").read_text()
+    )
     demixed = rows["masking_mixup"]["attacks"]["demix"]
     assert 0 <= demixed["faces_recovered"] <= demixed["images"] == 24
     gmi = rows[result["method"]]["attacks"]["model_inversion"]
@@ -105,3 +121,24 @@ def test_defences_accuracy_cell_adds_the_interval_clustered_by_identity():
     assert lo < hi and _accuracy_cell(cfg, row) == f"0.900 ± 0.020 {{{lo:.3f}, {hi:.3f}}}"
     assert _accuracy_cell(cfg, {"accuracy": 0.9, "accuracy_std": 0.02}) == "0.900 ± 0.020"
     assert _accuracy_cell(cfg, {}) == "-"  # a defence without a trained run
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_each_compared_row_is_an_unmasked_federation_with_its_mechanism(name, tmp_path):
+    """The row's config: the attacked run's, unmasked (ArcFace, FedAvg), with the mechanism's
+    settings from the config given, and valid as it stands."""
+    run = tmp_path / "run"
+    cfg = apply_overrides(AHMConfig(), {"train.dp_noise_multiplier": 0.5})
+    run_local(config(ONE_ROUND), run, NODES)
+    row = compared_config(name, run, cfg)
+    validate(row)
+    check_strategy(row.federation)
+    assert (row.masking.method, row.federation.strategy) == ("arcface", "fedavg")
+    mechanism = {
+        "dp_fedavg": row.federation.dp == "client_fixed",
+        "dp_sgd": row.train.dp_sgd and row.train.dp_noise_multiplier == 0.5,
+        "dp_sgd_strong": row.train.dp_sgd and row.train.dp_noise_multiplier == 2.0,
+        "local_dp": row.federation.local_dp and not row.federation.screen,
+        "secagg": row.federation.secagg,
+    }
+    assert mechanism[name] and sum(mechanism.values()) == 1

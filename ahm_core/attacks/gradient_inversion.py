@@ -42,12 +42,13 @@ from torch.func import functional_call
 
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.attacks.cgan import cgan_for
-from ahm_core.cases import mask_for_attack
+from ahm_core.cases import AttackSet, mask_for_attack
 from ahm_core.data.sources import relabel
-from ahm_core.models import build_backbone, build_head
+from ahm_core.models import build_backbone, build_head, load_travelled
 
 if TYPE_CHECKING:
     from ahm_core.cases import Case
+    from ahm_core.masking import MaskingPipeline
 
 Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
 
@@ -100,10 +101,11 @@ class InversionOptions:
     objective: str = "blend"  # a key of OBJECTIVES
     schedule: str = "cosine"  # one of SCHEDULES: how the step size decays over the iterations
     bounds: tuple[float, float] | None = None  # the valid input range the batch is boxed to
+    clients: int = 1  # the update is the mean of this many clients', each on its share of the batch
 
     def __post_init__(self) -> None:
-        if min(self.iterations, self.restarts, self.local_steps) < 1:
-            raise ValueError("iterations, restarts and local_steps must be >= 1")
+        if min(self.iterations, self.restarts, self.local_steps, self.clients) < 1:
+            raise ValueError("iterations, restarts, local_steps and clients must be >= 1")
         if self.lr <= 0 or self.local_lr <= 0 or self.tv < 0:
             raise ValueError(f"need lr > 0, local_lr > 0, tv >= 0; got {self}")
         if self.objective not in OBJECTIVES:
@@ -145,18 +147,23 @@ def _client_update(
     options: InversionOptions,
     create_graph: bool,
 ) -> list[Tensor]:
-    """(w_before - w_after) / local_lr after E SGD steps from `params`, differentiable if asked."""
+    """What the server sees, (w_before - w_after) / local_lr after E SGD steps from `params`,
+    differentiable if asked: one client's, or with `options.clients` > 1 the mean over that many
+    clients, each training on its equal share of the batch (secure aggregation's mean)."""
     buffers = dict(net.named_buffers())
-    current = dict(params)
-    for _ in range(options.local_steps):
-        state = {**current, **{name: b.clone() for name, b in buffers.items()}}
-        loss = functional_call(net, state, (x, labels, coefs)).mean()
-        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
-        current = {
-            name: p - options.local_lr * g
-            for (name, p), g in zip(current.items(), grads, strict=True)
-        }
-    return [(params[name] - current[name]) / options.local_lr for name in params]
+    updates = []
+    for share in zip(*(t.chunk(options.clients) for t in (x, labels, coefs)), strict=True):
+        current = dict(params)
+        for _ in range(options.local_steps):
+            state = {**current, **{name: b.clone() for name, b in buffers.items()}}
+            loss = functional_call(net, state, share).mean()
+            grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+            current = {
+                name: p - options.local_lr * g
+                for (name, p), g in zip(current.items(), grads, strict=True)
+            }
+        updates.append([(params[name] - current[name]) / options.local_lr for name in params])
+    return [torch.stack(parts).mean(dim=0) for parts in zip(*updates, strict=True)]
 
 
 def _start(net: nn.Module) -> dict[str, Tensor]:
@@ -300,6 +307,33 @@ def match_and_score(reconstructed: Tensor, truth: Tensor) -> dict[str, Tensor]:
     }
 
 
+def mask_by_client(
+    pipeline: MaskingPipeline,
+    images: Tensor,
+    labels: Tensor,
+    proportions: Mapping[int, float] | None,
+    generator: torch.Generator,
+    clients: int,
+) -> AttackSet:
+    """`mask_for_attack` on each client's equal share of the batch, joined in client order: a
+    client mixes its own images only."""
+    size = len(images) // clients
+    parts = []
+    for c in range(clients):
+        share = slice(c * size, (c + 1) * size)
+        part = mask_for_attack(pipeline, images[share], labels[share], proportions, generator)
+        parts.append(part._replace(sources=part.sources + c * size, index=part.index + c * size))
+    width = max(p.coefs.shape[1] for p in parts)  # shares may mix at different k: pad with 0
+
+    def joined(field: str) -> Tensor:
+        tensors = [getattr(p, field) for p in parts]
+        if field in ("coefs", "index"):
+            tensors = [F.pad(t, (0, width - t.shape[1])) for t in tensors]
+        return torch.cat(tensors)
+
+    return AttackSet(*(joined(field) for field in AttackSet._fields))
+
+
 def client_network(case: Case, classes: int) -> TrainingLoss:
     """The network a client trains: the backbone state a captured client started from
     (`case.start`), else seeded, and a seeded head; in train mode, dropout off (its draws
@@ -308,7 +342,7 @@ def client_network(case: Case, classes: int) -> TrainingLoss:
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model, case.pipeline.in_channels, cfg.data.image_size)
     if case.start is not None:
-        backbone.load_state_dict(case.start)
+        load_travelled(backbone, case.start)
     net = TrainingLoss(backbone, build_head(cfg.model, classes)).train()
     for module in net.modules():
         if isinstance(module, nn.Dropout):
@@ -329,15 +363,16 @@ class GradientInversion(Attack):
     def run(self, case: Case) -> Reconstructions:
         cfg, a = case.cfg, case.cfg.attack
         g = torch.Generator().manual_seed(cfg.train.seed)
-        batch = max(a.gi_batch, case.pipeline.k or 0)  # a client's batch holds the k it mixes
+        per_client = max(a.gi_batch, case.pipeline.k or 0)  # a client's batch holds the k it mixes
+        batch = per_client * a.gi_clients  # under secure aggregation, every client's batch
         items = case.victims(batch)
         labels, classes = relabel(case.labels(items))
         proportions = case.proportions
         if proportions is not None:  # only the k such a batch can mix
-            proportions = {k: v for k, v in proportions.items() if k <= batch} or {2: 1.0}
+            proportions = {k: v for k, v in proportions.items() if k <= per_client} or {2: 1.0}
         aux = mask_for_attack(case.pipeline, case.aux_images, None, proportions, g)
-        victims = mask_for_attack(
-            case.pipeline, case.images(items), case.labels(items), proportions, g
+        victims = mask_by_client(
+            case.pipeline, case.images(items), case.labels(items), proportions, g, a.gi_clients
         )
         masked = victims.masked.to(case.device)
         net = client_network(case, classes).to(case.device)
@@ -351,6 +386,7 @@ class GradientInversion(Attack):
             tv=a.gi_tv,
             # The valid range of what the client trains on, as the attacker's own masked faces span
             bounds=(float(aux.masked.min()), float(aux.masked.max())),
+            clients=a.gi_clients,
         )
         # The client's batch: the same mix, with the labels and coefficients its loss used.
         mixed_labels, coefs = labels[victims.index], victims.coefs
@@ -362,7 +398,9 @@ class GradientInversion(Attack):
             faces = case.pipeline.render(matched)
         else:
             faces = cgan_for(case).trained.reconstruct(matched)
-        model = "initial" if case.start is None else "captured global"
+        model = "initial model" if case.start is None else "captured global model"
+        if a.gi_clients > 1:
+            model += f", the mean of {a.gi_clients} clients' updates"
         cosine, psnr_db = float(score["cosine"].mean()), float(score["psnr"].mean())
         shown = slice(0, SHOWN)
         return Reconstructions(
@@ -370,7 +408,7 @@ class GradientInversion(Attack):
             victims.labels,
             victims.targets,
             figures={"input_cosine": cosine, "input_psnr": psnr_db, "model": model},
-            summary=f"recovered inputs: cosine {cosine:.3f}, {psnr_db:.1f} dB ({model} model)",
+            summary=f"recovered inputs: cosine {cosine:.3f}, {psnr_db:.1f} dB ({model})",
             panels={
                 "original": victims.targets[shown],
                 "masked input": case.pipeline.render(victims.masked[shown]),

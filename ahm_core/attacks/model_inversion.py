@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ahm_core.attacks.base import SHOWN, Attack, Reconstructions, register
 from ahm_core.io import atomic_write, load_checkpoint
 from ahm_core.masking.pipeline import MaskingPipeline
-from ahm_core.models import build_backbone
+from ahm_core.models import build_backbone, load_travelled
 from ahm_core.models.heads import MixUpArcFace
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ class ModelInversion(Attack):
         cfg, a, released = case.cfg, case.cfg.attack, case.released
         torch.manual_seed(cfg.train.seed)
         backbone = build_backbone(cfg.model, case.pipeline.in_channels, cfg.data.image_size)
-        backbone.load_state_dict(released.backbone)
+        load_travelled(backbone, released.backbone)
         options = GMIOptions(
             image_size=cfg.data.image_size,
             gan_epochs=a.gmi_gan_epochs,

@@ -44,6 +44,7 @@ class DCTDP(BlockDCTStage):
 
     name = "dctdp"
     options = ("upsample", "dctdp_epsilon", "dctdp_sensitivity", "dctdp_lr")
+    learns = True
 
     def __init__(
         self, epsilon: float, sensitivity: float = 1.0, upsample: int = 8, lr: float = 0.1

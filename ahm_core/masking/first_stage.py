@@ -48,6 +48,7 @@ class FirstStage(ABC):
     colour: ClassVar[bool] = False  # it sees colour; else the grey image is all it sees
     fitted: ClassVar[bool] = False  # `fit` on training images before the first encode
     shows_faces: ClassVar[bool] = False  # its render of an encoded face is that face
+    learns: ClassVar[bool] = False  # its `module` trains on the training images with the network
     module: nn.Module | None = None  # parameters trained jointly with the network, if any
 
     @classmethod

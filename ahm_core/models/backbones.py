@@ -8,6 +8,7 @@ checkpoints load into `ir_se_50(cfg, in_channels=3)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ class SEModule(nn.Module):
         hidden = max(channels // reduction, 1)  # narrow CPU variants would otherwise get 0
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: Opacus's per-sample hooks forbid it
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
         self.sigmoid = nn.Sigmoid()
 
@@ -157,11 +158,34 @@ BACKBONES: dict[str, Callable[[ModelConfig, int, int], IRSE]] = {
 }
 
 
+def _group_norm(net: nn.Module) -> nn.Module:
+    """`net` with GroupNorm in place of every BatchNorm, so that no sample's output depends on
+    another's: over feature maps Opacus's rule (`ModuleValidator.fix`: gcd(32, C) groups); over
+    the embedding one group of all C features, where that rule makes 32 groups of a single value
+    each, which normalise every feature to zero."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            groups = math.gcd(32, child.num_features)
+            setattr(net, name, nn.GroupNorm(groups, child.num_features, child.eps, child.affine))
+        elif isinstance(child, nn.BatchNorm1d):
+            setattr(net, name, nn.GroupNorm(1, child.num_features, child.eps, child.affine))
+        else:
+            _group_norm(child)
+    return net
+
+
+NORMS: dict[str, Callable[[nn.Module], nn.Module]] = {  # model.norm
+    "batch": lambda net: net,
+    "group": _group_norm,
+}
+
+
 def build_backbone(cfg: ModelConfig, in_channels: int, image_size: int) -> nn.Module:
-    """The backbone named by `cfg.backbone` for [N, in_channels, image_size, image_size] input."""
+    """The backbone named by `cfg.backbone` for [N, in_channels, image_size, image_size] input,
+    with the normalisation `cfg.norm` names."""
     if cfg.backbone not in BACKBONES:
         raise ConfigError(
             f"model.backbone: unknown value {cfg.backbone!r}; expected one of "
             f"{', '.join(BACKBONES)}"
         )
-    return BACKBONES[cfg.backbone](cfg, in_channels, image_size)
+    return NORMS[cfg.norm](BACKBONES[cfg.backbone](cfg, in_channels, image_size))
