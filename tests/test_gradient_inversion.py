@@ -22,17 +22,20 @@ from ahm_core.attacks.gradient_inversion import (
     invert_gradients,
     layer_cosine_distance,
     match_and_score,
+    mechanism,
     recover_labels,
     simulate_update,
     total_variation,
 )
 from ahm_core.cases import build_case
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.config import AHMConfig, TrainConfig, apply_overrides
 from ahm_core.data.sources import load_faces, verification_split
 from ahm_core.data.synthetic import render_faces
+from ahm_core.dp_sgd import PrivateSGD
 from ahm_core.masking.pipeline import MaskingPipeline, build_masking
 from ahm_core.metrics.privacy import psnr
 from ahm_core.models.heads import MixUpArcFace
+from ahm_core.privacy import local_dp_std
 
 SIDE, CLASSES, EMBEDDING = 16, 10, 16
 
@@ -334,6 +337,69 @@ def test_the_attack_inverts_the_mean_of_several_clients_updates(tmp_path):
     rec = ATTACKS["gradient_inversion"].run(tiny_case(tmp_path, **overrides))
     assert len(rec.targets) == 6  # 3 clients x 2 images, each client mixing its own
     assert "the mean of 3 clients' updates" in rec.summary
+
+
+def flat(update: dict[str, Tensor]) -> Tensor:
+    return torch.cat([u.flatten() for u in update.values()])
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")  # Opacus's hooks on the first layer
+def test_under_dp_sgd_the_simulated_update_is_the_step_opacus_takes() -> None:
+    """Without noise, DP-SGD's update is the step Opacus's DPOptimizer takes on the same batch:
+    each sample's gradient over backbone and head clipped to C, summed, over the batch."""
+    net = tiny_net(3, "arcface")
+    x, labels, coefs = faces(torch.arange(4)) * 2 - 1, torch.arange(4)[:, None], torch.ones(4, 1)
+    clip = 0.05
+    update = simulate_update(
+        net, x, labels, coefs, InversionOptions(local_lr=1.0, sample_clip=clip)
+    )
+    clean = simulate_update(net, x, labels, coefs, InversionOptions(local_lr=1.0))
+    assert float(flat(clean).norm()) > 4 * clip  # the batch's update is clipped, not passed
+    twin = copy.deepcopy(net)
+    t = TrainConfig(batch_size=4, dp_sgd=True, dp_noise_multiplier=0.0, dp_max_grad_norm=clip)
+    private = PrivateSGD(twin.backbone, twin.head, torch.optim.SGD(twin.parameters(), lr=1.0), t, 1)
+    before = {name: p.detach().clone() for name, p in twin.named_parameters()}
+    private.optimizer.zero_grad()
+    twin(x, labels, coefs).mean().backward()
+    private.optimizer.step()
+    for name, p in twin.named_parameters():
+        torch.testing.assert_close(update[name], before[name] - p.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_the_dp_mechanisms_noise_reaches_the_update_at_its_scale_and_is_seeded() -> None:
+    """DP-SGD: noise of std z x C / B on the gradient of one step; local DP: the update clipped
+    to C in weights, then noise of std sigma on every weight, sigma / lr in gradient units."""
+    net = tiny_net(3, "arcface")
+    x, labels, coefs = faces(torch.arange(4)) * 2 - 1, torch.arange(4)[:, None], torch.ones(4, 1)
+    lr, clip = 0.5, 0.05
+    cases = {  # options without noise, with noise, and the noise's std in gradient units
+        "dp_sgd": ({"sample_clip": clip}, {"sample_noise": 3.0}, 3.0 * clip / 4),
+        "local_dp": ({"update_clip": 0.01}, {"update_noise": 0.2}, 0.2 / lr),
+    }
+    for clipped, noised, std in cases.values():
+        options = InversionOptions(local_lr=lr, **clipped)
+        quiet = flat(simulate_update(net, x, labels, coefs, options))
+        loud = InversionOptions(local_lr=lr, **clipped, **noised)
+        noisy = flat(simulate_update(net, x, labels, coefs, loud))
+        assert float((noisy - quiet).std()) == pytest.approx(std, rel=0.03)
+        assert torch.equal(noisy, flat(simulate_update(net, x, labels, coefs, loud)))
+    local = simulate_update(net, x, labels, coefs, InversionOptions(local_lr=lr, update_clip=0.01))
+    assert float(flat(local).norm()) * lr == pytest.approx(0.01, rel=1e-4)  # clipped, in weights
+
+
+def test_the_attack_inverts_the_update_as_the_clients_mechanism_sends_it(tmp_path):
+    """DP-SGD and local DP reach the attack's options from the config; DP-FedAvg, whose noise is
+    added to the aggregate after the server saw each update, adds nothing."""
+    private = {"masking.method": "arcface", "model.norm": "group", "train.dp_sgd": True}
+    cfg = apply_overrides(AHMConfig(), {**private, "train.dp_noise_multiplier": 2.0})
+    assert mechanism(cfg) == {"sample_clip": 1.0, "sample_noise": 2.0}
+    local = apply_overrides(AHMConfig(), {"federation.local_dp": True, "federation.screen": False})
+    f = local.federation
+    std = local_dp_std(f.local_dp_sensitivity, f.local_dp_epsilon, f.local_dp_delta)
+    assert mechanism(local) == {"update_clip": 1.0, "update_noise": std}
+    assert mechanism(apply_overrides(AHMConfig(), {"federation.dp": "client_fixed"})) == {}
+    rec = ATTACKS["gradient_inversion"].run(tiny_case(tmp_path, **private))
+    assert rec.summary.endswith("(initial model, as DP-SGD clips and noises it)")
 
 
 def tiny_case(folder, **overrides):

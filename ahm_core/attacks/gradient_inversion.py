@@ -20,7 +20,9 @@ masked (mixed) batch, what the network saw, not the faces.
 Cases: FedSGD shares the gradient of the batch's mean loss; FedAvg shares w_before - w_after
 after E plain SGD steps on the same batch (no momentum or weight decay), which the attacker unrolls
 differentiably, like breaching's multi-step user. Updates are kept in gradient-equivalent form,
-(w_before - w_after) / local_lr: the gradient itself when E = 1.
+(w_before - w_after) / local_lr: the gradient itself when E = 1. A client under DP-SGD or local DP
+sends the update its mechanism made (`mechanism`): the attacker's model of the client applies the
+mechanism's clipping, which is public, and matches the noised update it observes.
 
 Batch norm: both functions run `net` in the mode it is in. In train mode, as the client trained,
 each forward uses the batch's own statistics, so the attacker reproduces the client's forward
@@ -45,9 +47,11 @@ from ahm_core.attacks.cgan import cgan_for
 from ahm_core.cases import AttackSet, mask_for_attack
 from ahm_core.data.sources import relabel
 from ahm_core.models import build_backbone, build_head, load_travelled
+from ahm_core.privacy import local_dp_std
 
 if TYPE_CHECKING:
     from ahm_core.cases import Case
+    from ahm_core.config import AHMConfig
     from ahm_core.masking import MaskingPipeline
 
 Update = dict[str, Tensor]  # parameter name -> gradient-equivalent update
@@ -102,12 +106,23 @@ class InversionOptions:
     schedule: str = "cosine"  # one of SCHEDULES: how the step size decays over the iterations
     bounds: tuple[float, float] | None = None  # the valid input range the batch is boxed to
     clients: int = 1  # the update is the mean of this many clients', each on its share of the batch
+    # The client's DP mechanism (`mechanism`): DP-SGD clips each sample's gradient to
+    # sample_clip (0: off) and adds Gaussian noise of sample_noise x sample_clip to their sum at
+    # every step; local DP clips the update, in weights, to update_clip (0: off) and adds noise
+    # of std update_noise to every weight it sends.
+    sample_clip: float = 0.0
+    sample_noise: float = 0.0
+    update_clip: float = 0.0
+    update_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.iterations, self.restarts, self.local_steps, self.clients) < 1:
             raise ValueError("iterations, restarts, local_steps and clients must be >= 1")
         if self.lr <= 0 or self.local_lr <= 0 or self.tv < 0:
             raise ValueError(f"need lr > 0, local_lr > 0, tv >= 0; got {self}")
+        mechanism = (self.sample_clip, self.sample_noise, self.update_clip, self.update_noise)
+        if min(mechanism) < 0:
+            raise ValueError(f"the DP mechanism's clipping and noise must be >= 0; got {self}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {self}")
         if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
@@ -138,6 +153,41 @@ class TrainingLoss(nn.Module):
         return self.head(self.backbone(x), labels, coefs)
 
 
+def _norm(tensors: list[Tensor]) -> Tensor:
+    return torch.sqrt(sum(t.pow(2).sum() for t in tensors))
+
+
+def _step_gradient(
+    net: nn.Module,
+    state: dict[str, Tensor],
+    params: list[Tensor],
+    batch: tuple[Tensor, ...],
+    options: InversionOptions,
+    noise: torch.Generator | None,
+    create_graph: bool,
+) -> list[Tensor]:
+    """The gradient of one local step: of the batch's mean loss, or under DP-SGD the sum of each
+    sample's gradient clipped to `sample_clip` (Opacus's factor), plus the mechanism's noise when
+    `noise` draws it, over the batch size."""
+    if not options.sample_clip:
+        loss = functional_call(net, state, batch).mean()
+        return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+    total = [torch.zeros_like(p) for p in params]
+    for sample in zip(*batch, strict=True):
+        loss = functional_call(net, state, tuple(t[None] for t in sample)).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+        factor = (options.sample_clip / (_norm(list(grads)) + 1e-6)).clamp(max=1.0)
+        total = [t + factor * g for t, g in zip(total, grads, strict=True)]
+    if noise is not None:
+        std = options.sample_noise * options.sample_clip
+        total = [t + std * _gaussian(t, noise) for t in total]
+    return [t / len(batch[0]) for t in total]
+
+
+def _gaussian(like: Tensor, noise: torch.Generator) -> Tensor:
+    return torch.randn(like.shape, generator=noise, dtype=like.dtype).to(like.device)
+
+
 def _client_update(
     net: nn.Module,
     params: Mapping[str, Tensor],
@@ -146,23 +196,33 @@ def _client_update(
     coefs: Tensor,
     options: InversionOptions,
     create_graph: bool,
+    noise: torch.Generator | None = None,
 ) -> list[Tensor]:
     """What the server sees, (w_before - w_after) / local_lr after E SGD steps from `params`,
     differentiable if asked: one client's, or with `options.clients` > 1 the mean over that many
-    clients, each training on its equal share of the batch (secure aggregation's mean)."""
+    clients, each training on its equal share of the batch (secure aggregation's mean). The DP
+    mechanism's clipping applies always (the attacker knows it); its noise only where `noise`
+    draws it (the client's, not the attacker's model of it)."""
     buffers = dict(net.named_buffers())
     updates = []
     for share in zip(*(t.chunk(options.clients) for t in (x, labels, coefs)), strict=True):
         current = dict(params)
         for _ in range(options.local_steps):
             state = {**current, **{name: b.clone() for name, b in buffers.items()}}
-            loss = functional_call(net, state, share).mean()
-            grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+            grads = _step_gradient(
+                net, state, list(current.values()), share, options, noise, create_graph
+            )
             current = {
                 name: p - options.local_lr * g
                 for (name, p), g in zip(current.items(), grads, strict=True)
             }
-        updates.append([(params[name] - current[name]) / options.local_lr for name in params])
+        moved = [current[name] - params[name] for name in params]  # what LocalDpMod clips
+        if options.update_clip:
+            factor = (options.update_clip / (_norm(moved) + 1e-12)).clamp(max=1.0)
+            moved = [m * factor for m in moved]
+        if noise is not None and options.update_noise:
+            moved = [m + options.update_noise * _gaussian(m, noise) for m in moved]
+        updates.append([-m / options.local_lr for m in moved])
     return [torch.stack(parts).mean(dim=0) for parts in zip(*updates, strict=True)]
 
 
@@ -178,9 +238,11 @@ def simulate_update(
     coefs: Tensor,
     options: InversionOptions = InversionOptions(),
 ) -> Update:
-    """The update a client shares after training on (x, labels, coefs): what the attacker sees."""
+    """The update a client shares after training on (x, labels, coefs): what the attacker sees,
+    its DP mechanism's noise drawn from `options.seed`."""
     params = _start(net)
-    update = _client_update(net, params, x, labels, coefs, options, create_graph=False)
+    noise = torch.Generator().manual_seed(options.seed * 1_000_003 + 11)
+    update = _client_update(net, params, x, labels, coefs, options, False, noise)
     return {name: u.detach() for name, u in zip(params, update, strict=True)}
 
 
@@ -334,6 +396,21 @@ def mask_by_client(
     return AttackSet(*(joined(field) for field in AttackSet._fields))
 
 
+def mechanism(cfg: AHMConfig) -> dict[str, float]:
+    """What the client's DP mechanism does to the update it sends, as `InversionOptions` fields:
+    DP-SGD's per-sample clipping and noise, local DP's (Flower's LocalDpMod) clipping and noise.
+    DP-FedAvg adds its noise to the aggregate, after a curious server has seen every update, and
+    its clipping rescales an update, which the cosine objectives ignore: nothing to add."""
+    t, f = cfg.train, cfg.federation
+    options = {}
+    if t.dp_sgd:
+        options |= {"sample_clip": t.dp_max_grad_norm, "sample_noise": t.dp_noise_multiplier}
+    if f.local_dp:
+        std = local_dp_std(f.local_dp_sensitivity, f.local_dp_epsilon, f.local_dp_delta)
+        options |= {"update_clip": f.local_dp_clipping_norm, "update_noise": std}
+    return options
+
+
 def client_network(case: Case, classes: int) -> TrainingLoss:
     """The network a client trains: the backbone state a captured client started from
     (`case.start`), else seeded, and a seeded head; in train mode, dropout off (its draws
@@ -387,6 +464,7 @@ class GradientInversion(Attack):
             # The valid range of what the client trains on, as the attacker's own masked faces span
             bounds=(float(aux.masked.min()), float(aux.masked.max())),
             clients=a.gi_clients,
+            **mechanism(cfg),
         )
         # The client's batch: the same mix, with the labels and coefficients its loss used.
         mixed_labels, coefs = labels[victims.index], victims.coefs
@@ -401,6 +479,8 @@ class GradientInversion(Attack):
         model = "initial model" if case.start is None else "captured global model"
         if a.gi_clients > 1:
             model += f", the mean of {a.gi_clients} clients' updates"
+        if cfg.train.dp_sgd or cfg.federation.local_dp:
+            model += f", as {'DP-SGD' if cfg.train.dp_sgd else 'local DP'} clips and noises it"
         cosine, psnr_db = float(score["cosine"].mean()), float(score["psnr"].mean())
         shown = slice(0, SHOWN)
         return Reconstructions(
