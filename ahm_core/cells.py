@@ -153,6 +153,8 @@ def run_cell(cell: Cell, log: Callable[[str], None] = print) -> dict:
         **{key: metrics.get(key) for key in POLICY_KEYS},
         "first_stage": metrics.get("first_stage"),  # what a trained first stage learnt
     }
+    if "dp_sgd" in metrics:  # what DP-SGD spent (`privacy.spent_notes`)
+        result["dp_sgd"] = metrics["dp_sgd"]
     if cell.judge is not None:
         judged = judges(cell.judge, cfg, resolve_device(cfg.train.device))
         stage = None

@@ -166,6 +166,8 @@ def _write_metrics(
     }
     if learnt := masking.first_stage.describe(out_dir):
         metrics["first_stage"] = learnt
+    if "dp_sgd" in last:  # what DP-SGD had spent by the last epoch
+        metrics["dp_sgd"] = last["dp_sgd"]
     if METHODS[cfg.masking.method].batch_mix == "adaptive":
         total = count_ks(epoch["k_histogram"] for epoch in history)
         metrics["k_histogram"] = total

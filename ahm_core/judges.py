@@ -11,7 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ahm_core.config import AHMConfig, apply_overrides
+from ahm_core.checkpoints import sections
+from ahm_core.config import AHMConfig, apply_overrides, from_dict
 from ahm_core.experiment import run_centralized
 from ahm_core.io import load_checkpoint
 from ahm_core.metrics.dlib_face import DlibDescriptor, dlib_unavailable
@@ -37,9 +38,11 @@ def reference_arcface(cfg: AHMConfig, folder: Path, epochs: int) -> dict:
 
 
 def own_judge(checkpoint: Path, cfg: AHMConfig, device: torch.device) -> FeatureModel:
-    """The unmasked ArcFace network of `checkpoint` as f: RGB images in [0, 1] -> embeddings."""
-    state = load_checkpoint(checkpoint, required=("backbone",), map_location=device)
-    net = build_backbone(cfg.model, 3, cfg.data.image_size).to(device).eval()
+    """The unmasked ArcFace network of `checkpoint` as f: RGB images in [0, 1] -> embeddings,
+    built as the checkpoint's config built it (a judged row may differ, e.g. in `model.norm`)."""
+    state = load_checkpoint(checkpoint, required=("backbone", "config"), map_location=device)
+    model = from_dict({"model": sections(str(checkpoint), state["config"]).get("model", {})}).model
+    net = build_backbone(model, 3, cfg.data.image_size).to(device).eval()
     net.load_state_dict(state["backbone"])
 
     @torch.no_grad()

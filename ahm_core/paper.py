@@ -31,6 +31,7 @@ from ahm_core.masking.methods import PAIRED, ROWS, TABLE1, Row, table_rows
 from ahm_core.metrics import table_scores
 from ahm_core.metrics.privacy import score_intervals
 from ahm_core.metrics.uncertainty import mcnemar, over_seeds, paired_seeds
+from ahm_core.privacy import spent_notes
 from ahm_core.scoring import budget_rows, table_row
 from ahm_core.tables import (
     Table,
@@ -94,12 +95,13 @@ def run_tables(
     reuses their trained networks and adds the attacks."""
     out_dir = Path(out_dir)
     rows = list(ROWS)
+    arcface = rows[0]  # the unmasked ArcFace row, whose network judges the others
     if only is not None:
         unknown = sorted(set(only) - {slug(row.name) for row in rows})
         if unknown:
             names = ", ".join(slug(row.name) for row in rows)
             raise ConfigError(f"rows: unknown row {unknown[0]!r}; expected some of {names}")
-        rows = [row for row in rows if row.method == "arcface" or slug(row.name) in only]
+        rows = [row for row in rows if row is arcface or slug(row.name) in only]
     seeds = seed_list(cfg, seeds)
 
     def cell(row: Row, seed: int, judge: Path | None) -> Cell:
@@ -118,7 +120,6 @@ def run_tables(
                 cached = "cached, " if hit else ""
                 log(f"[{_done(results)}/{total}] {c.label}: {cached}{_line(result)}")
 
-        arcface = next(row for row in rows if row.method == "arcface")
         run([cell(arcface, seeds[0], None)])
         judge = Path(results[arcface.name][seeds[0]]["checkpoint"])
         run(
@@ -177,6 +178,7 @@ def write_tables(runs: dict[str, dict[int, dict]], out_dir: Path, cfg: AHMConfig
         "",
         intro,
         *[f"\nThe `{name}` columns are absent: {why}" for name, why in absent.items()],
+        *spent_notes(results),
         "",
         *_seed_section(runs, summary, paired),
         f"## Table 2: accuracy and privacy (the run of seed {seeds[0]})",

@@ -1,5 +1,5 @@
 """The (epsilon, delta) a Gaussian mechanism has spent, from Opacus's RDP accountant: one
-accountant for the three places AHM adds noise.
+accountant for the three places AHM adds noise, and the lines every report prints of it.
 
 - DP-FedAvg: each round that releases an aggregate is one subsampled Gaussian mechanism at the
   configured noise multiplier z (Flower's adaptive clipping splits z between the update and the
@@ -19,6 +19,10 @@ import math
 from typing import Any
 
 from ahm_core.config import TrainConfig
+from ahm_core.tables import fmt
+
+# A run's record of each DP mechanism (rounds.json, metrics.json), and its name
+PRIVACY_RECORDS = {"dp": "DP-FedAvg", "local_dp": "local DP", "dp_sgd": "DP-SGD"}
 
 
 def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -54,3 +58,46 @@ def dp_sgd_spent(t: TrainConfig, num_items: int, epochs: int) -> dict[str, Any]:
         "sample_rate": rate,
         "steps": steps,
     }
+
+
+def spent_notes(rows: dict[str, dict]) -> list[str]:
+    """One line per row trained with a DP mechanism: what it is and the budget it spent."""
+    notes = []
+    for name, row in rows.items():
+        for key, mechanism in PRIVACY_RECORDS.items():
+            if key in row:
+                spent = row[key]
+                notes.append(
+                    f"`{name}`: {row.get('method', name)} trained with {mechanism}: "
+                    f"({fmt(spent['epsilon'], 2)}, {spent['delta']:g})-DP by Opacus's RDP "
+                    f"accountant; {_mechanism_note(key, spent)}"
+                )
+    return ["", *notes] if notes else []
+
+
+def _mechanism_note(key: str, spent: dict) -> str:
+    """What a mechanism's figures mean, and what it leaves a curious server."""
+    if key == "dp":
+        return (
+            f"noise multiplier {spent['noise_multiplier']}, clipping norm "
+            f"{fmt(spent['clipping_norm'])}. The noise is added to the aggregate, so a curious "
+            "server still sees each client's clipped update."
+        )
+    if key == "local_dp":
+        return (
+            f"each update clipped to {spent['clipping_norm']} with noise of std "
+            f"{fmt(spent['noise_std'])} per value ({spent['epsilon_round']} per round by "
+            "Flower's calibration); the server sees only noised updates."
+        )
+    return (
+        f"noise multiplier {spent['noise_multiplier']}, per-sample clipping norm "
+        f"{spent['max_grad_norm']}, Poisson sampling at {fmt(spent['sample_rate'])}, GroupNorm "
+        "in place of BatchNorm; the unit is a training sample, and an update leaves the "
+        "trainer clipped and noised, as gradient inversion inverts it."
+    )
+
+
+def epsilons(row: dict) -> str:
+    """Each DP mechanism's epsilon for a row, named; "-" without one."""
+    spent = [f"{fmt(row[k]['epsilon'], 2)} ({m})" for k, m in PRIVACY_RECORDS.items() if k in row]
+    return "; ".join(spent) or "-"

@@ -11,6 +11,7 @@ from typing import Any
 from ahm_core.checkpoints import in_range, records, sections
 from ahm_core.config import AHMConfig, apply_overrides, from_dict, to_flat
 from ahm_core.io import load_checkpoint, read_record
+from ahm_core.privacy import PRIVACY_RECORDS
 
 REFERENCE = "evaluator"  # the run folder's unmasked ArcFace reference network (the own judge)
 
@@ -28,10 +29,6 @@ def load_run(run_dir: Path, attack_cfg: AHMConfig | None) -> tuple[AHMConfig, di
     summary = read_record(path, ("rounds", "final_accuracy"))
     records(str(path), "rounds", summary["rounds"], "round", done + 1)
     return cfg, saved, summary
-
-
-# A round's record of each DP mechanism (rounds.json), and its name
-PRIVACY_RECORDS = {"dp": "DP-FedAvg", "local_dp": "local DP", "dp_sgd": "DP-SGD"}
 
 
 def trained_figures(summary: dict) -> dict[str, Any]:

@@ -54,8 +54,8 @@ from ahm_core.judges import OWN, Judges, judges, reference_arcface
 from ahm_core.metrics import LPIPS
 from ahm_core.metrics.privacy import FeatureModel
 from ahm_core.models import build_head, load_travelled
+from ahm_core.privacy import epsilons, spent_notes
 from ahm_core.runs import (
-    PRIVACY_RECORDS,
     REFERENCE,
     client_epochs,
     k_proportions,
@@ -269,49 +269,6 @@ def _released(
     return Released(backbone, head, client.items, client.labels)
 
 
-def _compared_notes(rows: dict) -> list[str]:
-    """One line per row trained with a DP mechanism: what it is and the budget it spent."""
-    notes = []
-    for name, row in rows.items():
-        for key, mechanism in PRIVACY_RECORDS.items():
-            if key in row:
-                spent = row[key]
-                notes.append(
-                    f"`{name}`: {row.get('method', name)} trained with {mechanism}: "
-                    f"({fmt(spent['epsilon'], 2)}, {spent['delta']:g})-DP by Opacus's RDP "
-                    f"accountant; {_mechanism_note(key, spent)}"
-                )
-    return ["", *notes] if notes else []
-
-
-def _mechanism_note(key: str, spent: dict) -> str:
-    """What a mechanism's figures mean, and what it leaves the curious server."""
-    if key == "dp":
-        return (
-            f"noise multiplier {spent['noise_multiplier']}, clipping norm "
-            f"{fmt(spent['clipping_norm'])}. The noise is added to the aggregate, so a curious "
-            "server still sees each client's clipped update."
-        )
-    if key == "local_dp":
-        return (
-            f"each update clipped to {spent['clipping_norm']} with noise of std "
-            f"{fmt(spent['noise_std'])} per value ({spent['epsilon_round']} per round by "
-            "Flower's calibration); the server sees only noised updates."
-        )
-    return (
-        f"noise multiplier {spent['noise_multiplier']}, per-sample clipping norm "
-        f"{spent['max_grad_norm']}, Poisson sampling at {fmt(spent['sample_rate'])}, GroupNorm "
-        "in place of BatchNorm; the unit is a training sample, and the client's updates are "
-        "still seen by the server."
-    )
-
-
-def _epsilons(row: dict) -> str:
-    """Each DP mechanism's epsilon for a row, named; "-" without one."""
-    spent = [f"{fmt(row[k]['epsilon'], 2)} ({m})" for k, m in PRIVACY_RECORDS.items() if k in row]
-    return "; ".join(spent) or "-"
-
-
 def _aggregated_sections(rows: dict) -> list[str | Table]:
     """Per SecAgg+ row, gradient inversion of the mean update against the clients averaged."""
     lines: list[str | Table] = []
@@ -347,12 +304,7 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
             [
                 name,
                 _accuracy_cell(cfg, row),
-                "; ".join(
-                    f"{fmt(row[k]['epsilon'], 2)} ({m})"
-                    for k, m in PRIVACY_RECORDS.items()
-                    if k in row
-                )
-                or "-",
+                epsilons(row),
                 *[rate_cell(row["ceilings"][j]) for j in seen],
             ]
             for name, row in rows.items()
@@ -430,7 +382,7 @@ def _markdown(cfg: AHMConfig, result: dict) -> list[str | Table]:
         "in braces, its bootstrap 95% interval clustered by identity (held-out identities "
         "redrawn with every pair between them: pairs share images and identities, which the "
         "folds' spread ignores).",
-        *_compared_notes(rows),
+        *spent_notes(rows),
         "",
         "## Defences",
         "",

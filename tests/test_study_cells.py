@@ -12,7 +12,8 @@ from ahm_core.cells import Cell, cell_config, run_cell, seed_list, seeded, seque
 from ahm_core.config import AHMConfig, ConfigError, apply_overrides
 from ahm_core.masking.methods import ROWS
 from ahm_core.metrics.uncertainty import over_seeds, paired_seeds
-from ahm_core.paper import run_tables
+from ahm_core.paper import run_tables, slug
+from ahm_core.tables import fmt
 from tests.scales import REPORT, config
 
 
@@ -198,3 +199,22 @@ def test_an_accuracy_only_study_is_trained_once_and_attacked_by_a_later_run(tmp_
             "attacks" in mixed and mixed["accuracy"] == runs["Masking+MixUp (k=2)"][s]["accuracy"]
         )
     assert "## Reconstructions" in (tmp_path / "report.md").read_text()
+
+
+def test_the_dp_sgd_rows_train_with_their_noise_and_the_report_states_what_they_spent(tmp_path):
+    """Table 2's sample-level DP rows (unmasked ArcFace under DP-SGD at z = 1 and 4): each
+    cell keeps what Opacus's accountant spent, more noise spends less, the report says so."""
+    private = {slug(r.name) for r in ROWS if r.overrides.get("train.dp_sgd")}
+    assert private == {"arcface_dp_sgd__z_1", "arcface_dp_sgd__z_4"}
+    runs = run_tables(config(STUDY), tmp_path, lambda line: None, private, attack=False)
+    first = {name: by_seed[0] for name, by_seed in runs.items()}
+    weak, strong = (first[f"ArcFace+DP-SGD (z={z})"]["dp_sgd"] for z in (1, 4))
+    assert (weak["noise_multiplier"], strong["noise_multiplier"]) == (1.0, 4.0)
+    assert 0 < strong["epsilon"] < weak["epsilon"] and "dp_sgd" not in first["ArcFace"]
+    assert first["ArcFace+DP-SGD (z=1)"]["config"]["model.norm"] == "group"
+    report = (tmp_path / "report.md").read_text()
+    for name, spent in (("z=1", weak), ("z=4", strong)):
+        line = (
+            f"`ArcFace+DP-SGD ({name})`: arcface trained with DP-SGD: ({fmt(spent['epsilon'], 2)}"
+        )
+        assert line in report
