@@ -57,6 +57,7 @@ def _update_reply(
     metrics = reply.content["metrics"]
     weight = 1 if uniform else int(metrics["num-examples"])
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, {})
+    # Flower 1.42's secaggplus_mod reads the reply in the legacy FitRes record layout
     content = recorddict_compat.fitres_to_recorddict(fitres, False)
     content["metrics"] = metrics  # beside the legacy records, which hold no lists
     return Message(content, reply_to=msg)
